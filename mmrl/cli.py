@@ -1,0 +1,75 @@
+"""The ``mmrl`` command: ``train``, ``eval``, ``make-tiny``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmrl.errors import MMRLError
+
+CONFIG_ROOTS = (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs")
+
+
+def default_config(task: str) -> Path:
+    """``configs/<task>/tiny.yaml`` from the working directory or the source checkout."""
+    for root in CONFIG_ROOTS:
+        path = root / task / "tiny.yaml"
+        if path.is_file():
+            return path
+    raise MMRLError(f"no default config for task {task!r} (looked for {task}/tiny.yaml in "
+                    f"{', '.join(str(r) for r in CONFIG_ROOTS)}); pass --config")
+
+
+def cmd_train(args) -> None:
+    from mmrl.config import TrainConfig, load_config
+    from mmrl.trainer import train
+
+    path = Path(args.config) if args.config else default_config(args.task)
+    cfg = load_config(TrainConfig, path, [f"task={args.task}", *args.overrides])
+    train(cfg)
+
+
+def cmd_make_tiny(args) -> None:
+    from mmrl.models.tiny import make_tiny
+
+    out = make_tiny(args.out_dir, family=args.family, size=args.size, seed=args.seed)
+    print(f"wrote tiny {args.family} ({args.size}) checkpoint to {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mmrl.eval import screenspot
+
+    parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="cold start + GRPO on a task (default config: configs/TASK/tiny.yaml)")
+    p.add_argument("task", help="task name, e.g. gui_grounding")
+    p.add_argument("--config", help="YAML config (overrides the defaults)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.lr=1e-5 model.lora.enabled=true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("make-tiny", help="write a tiny random Qwen2-VL/Qwen2.5-VL checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen2_vl"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_tiny)
+
+    ev = sub.add_parser("eval", help="evaluate on a benchmark").add_subparsers(dest="benchmark", required=True)
+    p = ev.add_parser("screenspot", help="ScreenSpot v1/v2/Pro click accuracy")
+    screenspot.add_arguments(p)
+    p.set_defaults(func=screenspot.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MMRLError as e:
+        print(f"mmrl: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

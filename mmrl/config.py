@@ -1,0 +1,277 @@
+"""Typed configuration: dataclasses with a docstring per field, YAML files as overrides, ``key=value`` on the CLI.
+
+``load_config(TrainConfig, "configs/gui_grounding/tiny.yaml", ["grpo.lr=1e-5"])`` builds the dataclass from the
+defaults, then the YAML file, then the overrides. An unknown key or a value of the wrong type raises
+``ConfigError`` naming the key (and the valid keys).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmrl.errors import ConfigError
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train LoRA adapters (peft) instead of all weights; the reference policy is the adapter-disabled model."""
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module-name suffixes that get adapters (the language model's; the vision tower is matched only when
+    ``freeze_vision`` is false)."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"
+    """A Hugging Face checkpoint id or folder, or ``tiny`` to build (once, cached) a tiny local model."""
+    tiny_family: str = "qwen2_5_vl"
+    """Family of the tiny model built when ``path: tiny`` (qwen2_5_vl or qwen2_vl)."""
+    tiny_size: str = "tiny"
+    """Size of the tiny model built when ``path: tiny`` (tiny or small)."""
+    cache_dir: str = "~/.cache/mmrl"
+    """Where tiny models and synthetic data are cached."""
+    dtype: str = "auto"
+    """float32, bfloat16, float16, or auto (bfloat16 on CUDA, float32 on CPU)."""
+    attn_implementation: str | None = None
+    """Passed to ``from_pretrained`` (e.g. sdpa, flash_attention_2); None lets transformers choose."""
+    freeze_vision: bool = False
+    """Keep the vision tower (and merger) frozen."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    min_pixels: int = 56 * 56
+    """Smallest image area after Qwen's smart_resize."""
+    max_pixels: int = 28 * 28 * 1280
+    """Largest image area after Qwen's smart_resize (the per-image pixel budget)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA settings."""
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 0
+    """Supervised cold-start steps on the task's ground-truth answers before RL (0 = none)."""
+    batch_size: int = 16
+    """Samples per SFT step."""
+    lr: float = 3e-4
+    """Peak learning rate of the SFT phase."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = 100
+    """Number of RL steps (each: sample, score, then ``mu`` optimisation epochs)."""
+    prompts_per_step: int = 8
+    """Distinct prompts drawn per step."""
+    group_size: int = 8
+    """Completions G sampled per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold of the rollouts."""
+    max_new_tokens: int = 32
+    """Completion length cap; a completion that hits it without EOS is flagged truncated."""
+    mu: int = 1
+    """Optimisation epochs over each step's rollouts (mu > 1 makes the PPO ratio differ from 1)."""
+    micro_batch_size: int = 16
+    """Completions per forward/backward; gradients accumulate over the step's micro-batches."""
+    lr: float = 1e-5
+    """Peak learning rate of the RL phase."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up optimizer steps."""
+    lr_schedule: str = "constant"
+    """constant, linear or cosine decay after warm-up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 = off)."""
+    epsilon_low: float = 0.2
+    """PPO clip: ratio lower bound 1 - epsilon_low."""
+    epsilon_high: float = 0.2
+    """PPO clip: ratio upper bound 1 + epsilon_high (DAPO's clip-higher when larger than epsilon_low)."""
+    beta: float = 0.0
+    """KL coefficient to the reference policy (0 skips the reference forward)."""
+    kl_estimator: str = "k3"
+    """KL estimator name (see ``mmrl.algorithms.kl``)."""
+    advantage: str = "grpo"
+    """Advantage estimator name (see ``mmrl.algorithms.advantages``)."""
+    policy_loss: str = "ppo_clip"
+    """Policy loss name (see ``mmrl.algorithms.losses``)."""
+    loss_agg: str = "token_mean"
+    """Loss aggregation name (see ``mmrl.algorithms.aggregation``)."""
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    """Prompts per generation batch during evaluation."""
+    max_new_tokens: int = 32
+    """Completion length cap for evaluation (greedy decoding)."""
+    before_and_after: bool = True
+    """Evaluate the model RL starts from and the final model on the task's eval split."""
+
+
+@dataclass
+class TrainConfig:
+    task: str = "gui_grounding"
+    """Task adapter name (see ``mmrl.registry``)."""
+    output_dir: str = "runs/default"
+    """Run directory: metrics.jsonl, rollouts/, checkpoints/, tb/, summary.json."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    resume: bool = False
+    """Continue from the last checkpoint in ``output_dir``."""
+    save_every: int = 50
+    """Checkpoint every N RL steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    log_rollouts: bool = True
+    """Write every step's rollouts under ``rollouts/``."""
+    progress: bool = True
+    """Show progress bars."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy model."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """Task data settings, checked against the task's own config dataclass."""
+    rewards: dict[str, float] = field(default_factory=dict)
+    """Reward name -> weight; names come from the task's reward functions. Empty = the task's defaults."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised cold start."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """RL phase."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Before/after evaluation."""
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` (ints widen to float) or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': {value!r} is not of type {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"config key '{key}': expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return build(tp, value, prefix=key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp) or (Any, Any)
+        return {str(k): _check_type(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def build(cls, values: dict[str, Any], prefix: str = ""):
+    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    fields = _field_types(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys{' under ' + prefix[:-1] if prefix else ''}: "
+            f"{', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        if dataclasses.is_dataclass(fields[name]) and isinstance(value, dict):
+            base = dataclasses.asdict(fields[name]())
+            value = _deep_merge(base, value)
+        kwargs[name] = _check_type(value, fields[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["grpo.lr=1e-5", "model.lora.enabled=true"]`` -> nested dict (values parsed as YAML scalars)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {e}") from None
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}' conflicts with another override")
+        node[leaf] = value
+    return nested
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; missing files and syntax errors raise ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return data
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Defaults <- YAML file <- ``key=value`` overrides, type-checked into ``cls``."""
+    values: dict[str, Any] = read_yaml(path) if path else {}
+    values = _deep_merge(values, parse_overrides(overrides or []))
+    try:
+        return build(cls, values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Benchmark evaluation: score model outputs against ScreenSpot (v1/v2/Pro) and other benchmarks."""

@@ -1,0 +1,38 @@
+"""Greedy-decoding evaluation of a policy on a task's samples, scored by the task's own grader."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from mmrl.data import ImageCache
+from mmrl.rollout.hf import encode_prompts, generate
+from mmrl.types import Sample
+
+
+def generate_outputs(
+    model, processor, samples: list[Sample], images: ImageCache, *, batch_size: int, max_new_tokens: int,
+    suppress_ids: list[int], progress: bool = True, desc: str = "eval",
+) -> list[str]:
+    """Greedy completions for ``samples``, in order."""
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for i in tqdm(range(0, len(samples), batch_size), desc=desc, disable=not progress, leave=False):
+            chunk = samples[i : i + batch_size]
+            batch = encode_prompts(processor, chunk, [images.images(s) for s in chunk]).to(device)
+            out = generate(model, processor, batch, max_new_tokens=max_new_tokens, do_sample=False,
+                           suppress_ids=suppress_ids)
+            outputs.extend(out.texts)
+    model.train(was_training)
+    return outputs
+
+
+def score_outputs(task, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
+    """Mean of each number the task's ``score`` returns, plus ``n``."""
+    totals: dict[str, float] = {}
+    for sample, text in zip(samples, outputs):
+        for key, value in task.score(text, sample).items():
+            totals[key] = totals.get(key, 0.0) + value
+    return {**{k: v / max(len(samples), 1) for k, v in totals.items()}, "n": len(samples)}

@@ -1,0 +1,105 @@
+"""Load a VLM policy (``AutoModelForImageTextToText`` + ``AutoProcessor``), with LoRA or full fine-tuning."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmrl.config import ModelConfig
+from mmrl.errors import ConfigError
+from mmrl.models.tiny import VISION_PLACEHOLDERS, make_tiny
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_path(cfg: ModelConfig) -> str:
+    """``tiny`` -> a cached tiny checkpoint folder (built on first use); anything else is returned as is."""
+    if cfg.path != "tiny":
+        return cfg.path
+    folder = Path(cfg.cache_dir).expanduser() / "models" / f"tiny-{cfg.tiny_family}-{cfg.tiny_size}"
+    if not (folder / "config.json").is_file() or not (folder / "processor_config.json").is_file():
+        tmp = folder.with_name(folder.name + ".tmp")
+        make_tiny(tmp, family=cfg.tiny_family, size=cfg.tiny_size)
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    return str(folder)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"config key 'model.dtype': unknown dtype {name!r}; valid: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def vision_tower(model) -> torch.nn.Module | None:
+    """The vision encoder (with its merger) of a transformers VLM, whatever the attribute is called."""
+    for holder in (model, getattr(model, "model", None)):
+        for name in ("visual", "vision_tower", "vision_model"):
+            module = getattr(holder, name, None) if holder is not None else None
+            if isinstance(module, torch.nn.Module):
+                return module
+    return None
+
+
+def load_processor(path: str, cfg: ModelConfig):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def placeholder_ids(tokenizer) -> list[int]:
+    """Ids of the vision placeholder tokens the tokenizer knows; sampling suppresses them."""
+    unk = tokenizer.unk_token_id
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in VISION_PLACEHOLDERS}
+    return sorted(i for i in ids if i is not None and i != unk)
+
+
+def _lora_targets(model, cfg: ModelConfig) -> list[str]:
+    """Full module names of linear layers matching ``target_modules`` (skipping the vision tower if frozen)."""
+    visual = vision_tower(model)
+    skip = {id(m) for m in visual.modules()} if visual is not None and cfg.freeze_vision else set()
+    suffixes = tuple(cfg.lora.target_modules)
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in suffixes and id(m) not in skip
+    ]
+
+
+def load_policy(cfg: ModelConfig):
+    """Load model and processor; apply LoRA / freezing / gradient checkpointing as configured.
+
+    Returns ``(model, processor, path)``. With LoRA the model is a peft ``PeftModel`` whose
+    ``disable_adapter()`` context gives the reference policy without a second copy in memory.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    path = resolve_path(cfg)
+    kwargs = {"dtype": resolve_dtype(cfg.dtype)}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    processor = load_processor(path, cfg)
+    if cfg.freeze_vision and (visual := vision_tower(model)) is not None:
+        visual.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=_lora_targets(model, cfg),
+        )
+        model = get_peft_model(model, lora)
+    return model, processor, path

@@ -1,0 +1,111 @@
+"""Prompt encoding, sampling with HF ``generate``, and per-token log-probs of completions.
+
+Generation never emits vision placeholder tokens (``<|image_pad|>`` ...): they are suppressed when sampling,
+and a completion that contains one anyway (e.g. from a user-supplied answer) has those tokens replaced by
+padding and dropped from the loss mask, so the forward pass never sees more image tokens than features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from mmrl.types import Sample
+
+
+def chat_messages(sample: Sample) -> list[dict]:
+    """One user turn: the sample's images, then its prompt text."""
+    content = [{"type": "image"} for _ in sample.images] + [{"type": "text", "text": sample.prompt}]
+    return [{"role": "user", "content": content}]
+
+
+def encode_prompts(processor, samples: list[Sample], images: list[list[Image.Image]]):
+    """Chat-template and process a batch of prompts (left padding) with their already-resized images."""
+    texts = [processor.apply_chat_template(chat_messages(s), add_generation_prompt=True, tokenize=False) for s in samples]
+    flat = [img for imgs in images for img in imgs]
+    return processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+
+
+def completion_mask(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of the tokens up to and including the first EOS, and whether each row ran out without one."""
+    is_eos = ids == eos_id
+    has_eos = is_eos.any(-1)
+    first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
+    positions = torch.arange(ids.shape[1]).unsqueeze(0)
+    return (positions <= first.unsqueeze(-1)).long(), ~has_eos
+
+
+@dataclass
+class Completions:
+    """Sampled completion tokens (padded), their loss mask, decoded text and truncation flags."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    texts: list[str]
+    truncated: list[bool]
+
+
+@torch.no_grad()
+def generate(
+    model,
+    processor,
+    batch,
+    *,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    suppress_ids: list[int] | None = None,
+) -> Completions:
+    """Sample (or greedily decode) one completion per row of ``batch``."""
+    tok = processor.tokenizer
+    kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+    kwargs["eos_token_id"] = tok.eos_token_id
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    if suppress_ids:
+        kwargs["suppress_tokens"] = suppress_ids
+    out = model.generate(**batch, **kwargs)
+    ids = out[:, batch["input_ids"].shape[1] :].cpu()
+    mask, truncated = completion_mask(ids, tok.eos_token_id)
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, tok.pad_token_id))
+    texts = tok.batch_decode(ids, skip_special_tokens=True)
+    return Completions(ids=ids, mask=mask, texts=texts, truncated=truncated.tolist())
+
+
+def encode_answers(tokenizer, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize ground-truth answers + EOS as right-padded completion tensors (for SFT and off-policy slots)."""
+    seqs = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def sanitize(ids: torch.Tensor, mask: torch.Tensor, forbidden: list[int], pad_id: int):
+    """Replace forbidden (vision placeholder) tokens by padding and drop them from the mask."""
+    bad = torch.isin(ids, torch.tensor(forbidden, dtype=ids.dtype)) if forbidden else torch.zeros_like(mask).bool()
+    return ids.masked_fill(bad, pad_id), mask.masked_fill(bad, 0), int(bad.sum())
+
+
+def token_logprobs(model, batch, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log pi(y_t | prompt, y_<t)`` for each completion token, shape ``[B, T]`` (0 where ``mask`` is 0).
+
+    Logits are divided by the sampling ``temperature`` so the log-probs are those of the distribution the
+    completions were drawn from. Only the last ``T + 1`` positions' logits are materialised.
+    """
+    device = batch["input_ids"].device
+    ids, mask = ids.to(device), mask.to(device)
+    inputs = dict(batch)
+    inputs["input_ids"] = torch.cat([batch["input_ids"], ids], dim=1)
+    inputs["attention_mask"] = torch.cat([batch["attention_mask"], mask], dim=1)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in inputs:
+            inputs[key] = torch.cat([inputs[key], torch.zeros_like(ids)], dim=1)
+    logits = model(**inputs, use_cache=False, logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask

@@ -1,0 +1,94 @@
+"""The run directory: ``metrics.jsonl``, ``rollouts/step_NNNNNN.jsonl``, TensorBoard logs, ``summary.json``.
+
+Rollout files hold one JSON object per group (prompt, image paths, reward fields, completions, every reward
+component, total reward, advantages, lengths, truncation flags); the demo app reads them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mmrl.types import Group
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def group_record(step: int, group: Group) -> dict[str, Any]:
+    s = group.sample
+    return {
+        "step": step,
+        "id": s.id,
+        "prompt": s.prompt,
+        "images": s.images,
+        "answer": s.answer,
+        "fields": s.fields,
+        "completions": group.completions,
+        "rewards": group.rewards,
+        "total": group.total,
+        "advantages": group.advantages,
+        "lengths": group.lengths,
+        "truncated": group.truncated,
+    }
+
+
+class RunDir:
+    """Writes a run's logs; every method is a no-op on non-main processes."""
+
+    def __init__(self, root: str | Path, main: bool = True, tensorboard: bool = True):
+        self.root = Path(root)
+        self.main = main
+        self._tb = None
+        if main:
+            (self.root / "rollouts").mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.root / "tb"))
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop metric lines after ``last_step`` (written by a run that died after its last checkpoint)."""
+        path = self.root / "metrics.jsonl"
+        if not self.main or not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= last_step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.main:
+            return
+        with open(self.root / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, v, step)
+
+    def log_sft(self, step: int, metrics: dict[str, float]) -> None:
+        """Cold-start losses go to ``sft_metrics.jsonl`` (``metrics.jsonl`` counts RL steps)."""
+        if self.main:
+            with open(self.root / "sft_metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def log_rollouts(self, step: int, groups: list[Group]) -> None:
+        if not self.main:
+            return
+        text = "".join(json.dumps(group_record(step, g)) + "\n" for g in groups)
+        atomic_write_text(self.root / "rollouts" / f"step_{step:06d}.jsonl", text)
+
+    def write_json(self, name: str, data: dict) -> None:
+        if self.main:
+            atomic_write_text(self.root / name, json.dumps(data, indent=2) + "\n")
+
+    def read_json(self, name: str) -> dict | None:
+        path = self.root / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,46 @@
+"""Records shared by every layer: tasks produce ``Sample``s, the trainer turns them into ``Group``s."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Sample:
+    """One task record, ready to become a prompt.
+
+    ``prompt`` is the user text (the task formats the instruction), ``images`` are image file paths in the
+    order they appear in the prompt, ``answer`` is the ground-truth completion exactly as the policy should
+    write it (the SFT target), and ``fields`` are keyword columns handed to reward functions and metrics
+    (TRL convention: each reward receives ``fields[key]`` for every completion as a list).
+    """
+
+    id: str
+    prompt: str
+    images: list[str] = field(default_factory=list)
+    answer: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    """G completions of one prompt with their scores, as written to ``rollouts/``."""
+
+    sample: Sample
+    completions: list[str]
+    rewards: dict[str, list[float]]
+    total: list[float]
+    advantages: list[float]
+    truncated: list[bool]
+    lengths: list[int]
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a task needs from the run to build samples: the model's pixel budget and a cache folder."""
+
+    min_pixels: int
+    max_pixels: int
+    cache_dir: str
+    factor: int = 28
+    """Side multiple of the model's resized images (patch size x spatial merge size; 28 for Qwen2/2.5-VL)."""

@@ -1,0 +1,1 @@
+"""Task adapters: load records, build prompts, parse answers, reward and grade."""

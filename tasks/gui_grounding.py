@@ -1,0 +1,169 @@
+"""GUI grounding (GUI-G², Tang et al. 2025, "GUI-G²: Gaussian Reward Modeling for GUI Grounding").
+
+Given a screenshot and an instruction, the model answers where to click: a point ``(x, y)`` or a box
+``[x1,y1,x2,y2]`` in the pixels of the image it saw (after Qwen's ``smart_resize``). Rewards map the answer back
+to original pixels (``scale`` = original / seen) and score it with the Gaussian point and coverage rewards
+(``rewards.gui``); evaluation counts a click inside the element's box, as ScreenSpot does.
+
+Data comes from ScreenSpot v1/v2/Pro files (``tasks.screenspot``) or from the seeded synthetic generator
+(``tasks.synthetic_gui``), which writes the same ScreenSpot v1 format into the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from functools import partial
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from mmrl.errors import ConfigError, DataError
+from mmrl.types import LoadContext, Sample
+from mmrl.vision import smart_resize
+from rewards import gui
+from rewards.parsing import parse_point
+from tasks import synthetic_gui
+from tasks.screenspot import GroundingRecord, load_screenspot
+
+PROMPTS = {
+    "point": "{instruction}\nAnswer with the point to click as (x, y) in pixels.",
+    "box": "Outline the position corresponding to the instruction: {instruction}. "
+    "The output should be only [x1,y1,x2,y2].",
+}
+"""The box prompt is the GUI-G² paper's; the point prompt is the same request for a click."""
+
+
+@dataclass
+class SyntheticConfig:
+    n_train: int = 2000
+    """Training screenshots to generate."""
+    n_eval: int = 200
+    """Held-out screenshots (generated from a different seed stream)."""
+    seed: int = 0
+    """Generator seed (train uses it, eval uses seed + 1)."""
+    width: int = 112
+    """Screenshot width in pixels."""
+    height: int = 112
+    """Screenshot height in pixels."""
+    n_distractors: int = 0
+    """Other elements on each screenshot that the instruction rules out."""
+    kinds: list[str] = field(default_factory=lambda: ["button"])
+    """Element kinds: button, icon, text."""
+    min_size: int = 14
+    """Smallest element side in pixels."""
+    max_size: int = 40
+    """Largest element side in pixels."""
+
+
+@dataclass
+class GuiGroundingData:
+    train: str | None = None
+    """ScreenSpot-format JSON file or folder for training; unset = synthetic data."""
+    eval: str | None = None
+    """ScreenSpot-format JSON file or folder for evaluation; unset = synthetic data."""
+    image_dir: str | None = None
+    """Folder of the screenshots (default: ``images/`` or ``screenspot_imgs/`` beside the JSON)."""
+    answer_format: str = "point"
+    """point: ``(x, y)``; box: ``[x1,y1,x2,y2]`` (needed for the coverage reward)."""
+    alpha: float = 0.5
+    """GUI-G² Gaussian width factor: sigma = alpha * element side (0.5 is the paper's best)."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Synthetic data settings (used for a split whose path is unset)."""
+
+
+def synthetic_files(cfg: SyntheticConfig, split: str, cache_dir: str) -> Path:
+    """Generate (once; cached by a hash of the settings) and return the synthetic ScreenSpot file of ``split``."""
+    n, seed = (cfg.n_train, cfg.seed) if split == "train" else (cfg.n_eval, cfg.seed + 1)
+    params = {**asdict(cfg), "split": split, "version": 1}
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cache_dir).expanduser() / "data" / f"gui_synthetic-{split}-{digest}"
+    path = folder / f"screenspot_{split}.json"
+    if not path.is_file():
+        tmp = folder.with_name(folder.name + ".tmp")
+        synthetic_gui.generate(
+            tmp, n, seed=seed, width=cfg.width, height=cfg.height, n_distractors=cfg.n_distractors,
+            kinds=tuple(cfg.kinds), min_size=cfg.min_size, max_size=cfg.max_size, split_name=split,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)
+    return path
+
+
+def image_size(record: GroundingRecord) -> tuple[int, int]:
+    """Original ``(w, h)``: the record's ``img_size`` when given, else the image header (no decoding)."""
+    if record.img_size:
+        return int(record.img_size[0]), int(record.img_size[1])
+    try:
+        with Image.open(record.image) as img:
+            return img.size
+    except FileNotFoundError:
+        raise DataError(f"{record.source_file}: record {record.id}: image not found: {record.image}") from None
+    except OSError as e:
+        raise DataError(f"{record.source_file}: record {record.id}: cannot read image {record.image}: {e}") from None
+
+
+def format_answer(box_seen: list[float], answer_format: str) -> str:
+    """The ground-truth completion in seen pixels: ``(cx, cy)`` or ``[x1,y1,x2,y2]``, integers."""
+    x1, y1, x2, y2 = box_seen
+    if answer_format == "point":
+        return f"({round((x1 + x2) / 2)}, {round((y1 + y2) / 2)})"
+    return f"[{round(x1)},{round(y1)},{round(x2)},{round(y2)}]"
+
+
+def to_sample(record: GroundingRecord, cfg: GuiGroundingData, ctx: LoadContext) -> Sample:
+    w, h = image_size(record)
+    seen_h, seen_w = smart_resize(h, w, factor=ctx.factor, min_pixels=ctx.min_pixels, max_pixels=ctx.max_pixels)
+    scale = [w / seen_w, h / seen_h]
+    box_seen = [v / scale[i % 2] for i, v in enumerate(record.gt_box)]
+    return Sample(
+        id=str(record.id),
+        prompt=PROMPTS[cfg.answer_format].format(instruction=record.instruction),
+        images=[str(record.image)],
+        answer=format_answer(box_seen, cfg.answer_format),
+        fields={
+            "gt_box": list(record.gt_box),
+            "scale": scale,
+            "answer_format": cfg.answer_format,
+            "ui_type": record.ui_type,
+            "instruction": record.instruction,
+        },
+    )
+
+
+class GuiGrounding:
+    """Task adapter for GUI grounding on ScreenSpot-format or synthetic data."""
+
+    name = "gui_grounding"
+    config_class = GuiGroundingData
+
+    def load(self, split: str, cfg: GuiGroundingData, ctx: LoadContext) -> list[Sample]:
+        if cfg.answer_format not in PROMPTS:
+            raise ConfigError(f"config key 'data.answer_format': {cfg.answer_format!r}; valid: point, box")
+        path = cfg.train if split == "train" else cfg.eval
+        source = Path(path) if path else synthetic_files(cfg.synthetic, split, ctx.cache_dir)
+        records = load_screenspot(source, image_dir=cfg.image_dir)
+        if not records:
+            raise DataError(f"{source}: no records")
+        return [to_sample(r, cfg, ctx) for r in records]
+
+    def reward_functions(self, cfg: GuiGroundingData) -> dict:
+        return {
+            "point": partial(gui.point_reward, alpha=cfg.alpha),
+            "coverage": partial(gui.coverage_reward, alpha=cfg.alpha),
+            "click": gui.click_reward,
+            "iou": gui.iou_reward,
+            "format": gui.format_reward,
+        }
+
+    def default_rewards(self, cfg: GuiGroundingData) -> dict[str, float]:
+        """GUI-G²: point + coverage + format with equal weights (coverage needs box answers)."""
+        if cfg.answer_format == "box":
+            return {"point": 1.0, "coverage": 1.0, "format": 1.0}
+        return {"point": 1.0, "format": 1.0}
+
+    def score(self, completion: str, sample: Sample) -> dict[str, float]:
+        """``correct``: the click (point, or box centre) lands inside the element box in original pixels."""
+        correct = gui.click_reward([completion], gt_box=[sample.fields["gt_box"]], scale=[sample.fields["scale"]])[0]
+        return {"accuracy": correct, "parsed": float(parse_point(completion) is not None)}

@@ -8,6 +8,7 @@ leaves the previous checkpoint intact and never a half one.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -39,6 +40,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that training changes (adapters only under LoRA), detached on the CPU."""
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of every trainable parameter's bytes: equal on all ranks when data-parallel training is in sync."""
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            digest.update(name.encode())
+            digest.update(p.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -7,6 +7,7 @@ defaults, then the YAML file, then the overrides. An unknown key or a value of t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -228,6 +229,16 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading ``1e-5`` as a float: PyYAML follows YAML 1.1, which needs a dot
+    (``1.0e-5``) and would otherwise hand the config the string ``'1e-5'``."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["grpo.lr=1e-5", "model.lora.enabled=true"]`` -> nested dict (values parsed as YAML scalars)."""
     nested: dict[str, Any] = {}
@@ -236,7 +247,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = yaml.load(raw, Loader=_Loader) if raw else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {e}") from None
         node = nested
@@ -255,7 +266,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}".replace("\n", " ")) from None
     if not isinstance(data, dict):

@@ -139,7 +139,7 @@ def optimise(model, ro: Rollouts, cfg: GRPOConfig, optimizer, scheduler, acceler
             if ref_logps is not None:
                 kl = kl_fn(logp, ref_logps[k])
                 tok_loss = tok_loss + cfg.beta * kl
-                totals["kl"] += float((kl * mask).sum()) / max(n_tokens, 1) / cfg.mu
+                totals["kl"] += float((kl.detach() * mask).sum()) / max(n_tokens, 1) / cfg.mu
             loss = aggregate(tok_loss, mask, n_tokens, n_seqs, max_len)
             accelerator.backward(loss)
             ratio = torch.exp(logp.detach() - old)
@@ -286,8 +286,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     if accelerator.is_main_process:
         final.save_pretrained(run.root / "final")
         processor.save_pretrained(run.root / "final")
+    prints = gather_object([checkpoint.fingerprint(final)])
     summary = {"task": cfg.task, "steps": g.steps, "before": before, "after": after,
-               "model": str(Path(start_path)), "output_dir": str(run.root)}
+               "model": str(Path(start_path)), "output_dir": str(run.root), "rank_fingerprints": prints}
     run.write_json("summary.json", summary)
     run.close()
     if accelerator.is_main_process:

@@ -5,7 +5,7 @@ Given a screenshot and an instruction, the model answers where to click: a point
 to original pixels (``scale`` = original / seen) and score it with the Gaussian point and coverage rewards
 (``rewards.gui``); evaluation counts a click inside the element's box, as ScreenSpot does.
 
-Data comes from ScreenSpot v1/v2/Pro files (``tasks.screenspot``) or from the seeded synthetic generator
+Data comes from ScreenSpot v1/v2/Pro files (``mmrl.eval.screenspot_format``) or from the seeded synthetic generator
 (``tasks.synthetic_gui``), which writes the same ScreenSpot v1 format into the cache.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mmrl.vision import smart_resize
 from rewards import gui
 from rewards.parsing import parse_point
 from tasks import synthetic_gui
-from tasks.screenspot import GroundingRecord, load_screenspot
+from mmrl.eval.screenspot_format import GroundingRecord, load_screenspot
 
 PROMPTS = {
     "point": "{instruction}\nAnswer with the point to click as (x, y) in pixels.",
@@ -146,6 +146,10 @@ class GuiGrounding:
         records = load_screenspot(source, image_dir=cfg.image_dir)
         if not records:
             raise DataError(f"{source}: no records")
+        return self.samples_from_records(records, cfg, ctx)
+
+    def samples_from_records(self, records: list[GroundingRecord], cfg: GuiGroundingData, ctx: LoadContext):
+        """Samples (prompt, image, ground-truth answer, reward fields) of already-loaded ScreenSpot records."""
         return [to_sample(r, cfg, ctx) for r in records]
 
     def reward_functions(self, cfg: GuiGroundingData) -> dict:

@@ -10,15 +10,21 @@ from mmrl.algorithms.registry import ADVANTAGES
 
 
 def _group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample group mean, unbiased group std (0 for a group of one) and group size."""
+    """Per-sample group mean, unbiased group std (0 for a group of one) and group size.
+
+    Computed in float64 and returned in ``rewards.dtype``: in float32 the mean of a constant group (e.g. eight
+    rewards of 0.7) is off by an ulp, and ``(r - mean) / (std + eps)`` turns that round-off into advantages of
+    up to ~0.2, all of one sign, instead of 0.
+    """
+    r = rewards.double()
     _, inverse = torch.unique(group_ids, return_inverse=True)
     k = int(inverse.max()) + 1 if len(inverse) else 0
-    count = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, torch.ones_like(rewards))
-    total = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, rewards)
-    mean = total / count
-    sq = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, (rewards - mean[inverse]) ** 2)
+    zeros = torch.zeros(k, dtype=r.dtype, device=r.device)
+    count = zeros.index_add(0, inverse, torch.ones_like(r))
+    mean = zeros.index_add(0, inverse, r) / count
+    sq = zeros.index_add(0, inverse, (r - mean[inverse]) ** 2)
     std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.zeros_like(sq))
-    return mean[inverse], std[inverse], count[inverse]
+    return tuple(x[inverse].to(rewards.dtype) for x in (mean, std, count))
 
 
 @ADVANTAGES.register("grpo")

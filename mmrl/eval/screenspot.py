@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,10 @@ from typing import Any
 from PIL import Image
 
 from mmrl.errors import DataError
+from mmrl.eval.screenspot_format import PRO_SPLIT, SPLITS, UI_TYPES, GroundingRecord, load_screenspot
 from mmrl.vision import smart_resize
 from rewards.gui import click_in_box, to_original
 from rewards.parsing import parse_point
-from tasks.screenspot import PRO_SPLIT, SPLITS, UI_TYPES, GroundingRecord, load_screenspot
 
 COORDS = ("absolute", "resized", "0-1000")
 
@@ -74,10 +75,10 @@ def _grade(
     """``{"id", "status", "point"}`` for one record; ``point`` is in original pixels (``None`` if none)."""
     point = parse_point(output)
     if point is None:
-        return {"id": record.id, "status": "wrong_format", "point": None}
+        return {"file": Path(record.source_file).name, "id": record.id, "status": "wrong_format", "point": None}
     x, y = to_original(point, scale_of(record))
     status = "correct" if click_in_box((x, y), record.gt_box) else "wrong"
-    return {"id": record.id, "status": status, "point": [x, y]}
+    return {"file": Path(record.source_file).name, "id": record.id, "status": status, "point": [x, y]}
 
 
 def _cell(rows: list[Row]) -> dict[str, Any]:
@@ -117,6 +118,26 @@ def pro_breakdowns(rows: list[Row]) -> dict[str, Any]:
     }
 
 
+def align_outputs(records: list[GroundingRecord], outputs: Mapping[Any, str]) -> list[str | None]:
+    """The output of each record (``None`` if absent). Keys are ``(file name or stem, id)`` or a bare ``id``;
+    a bare id shared by records of several files (v1/v2 ids are per-file indices) raises ``DataError``."""
+    counts = Counter(r.id for r in records)
+    aligned: list[str | None] = []
+    for r in records:
+        name = Path(r.source_file).name
+        keys = [(name, r.id), (Path(name).stem, r.id)]
+        found = next((outputs[k] for k in keys if k in outputs), None)
+        if found is None and r.id in outputs:
+            if counts[r.id] > 1:
+                raise DataError(
+                    f"prediction id {r.id!r} matches records in several files; add a \"file\" field (e.g. "
+                    f"{name!r}) to the prediction rows"
+                )
+            found = outputs[r.id]
+        aligned.append(found)
+    return aligned
+
+
 def score_predictions(
     records: list[GroundingRecord],
     outputs: Mapping[str, Any],
@@ -124,7 +145,7 @@ def score_predictions(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
 ) -> dict[str, Any]:
-    """Score raw outputs (``record id -> model text``) in the ``coords`` convention.
+    """Score raw outputs (``record id`` or ``(file, record id)`` -> model text) in the ``coords`` convention.
 
     Returns ``{"coords", "n", "correct", "accuracy", "wrong_format", "missing", "screenspot"?,
     "screenspot_pro"?, "details"}``; ``screenspot`` (v1/v2 table) and ``screenspot_pro`` appear when such
@@ -143,8 +164,10 @@ def score_predictions(
         return coord_scale(coords, sizes[record.image], min_pixels, max_pixels)
 
     details = [
-        _grade(r, outputs[r.id], scale_of) if r.id in outputs else {"id": r.id, "status": "missing", "point": None}
-        for r in records
+        _grade(r, text, scale_of)
+        if text is not None
+        else {"file": Path(r.source_file).name, "id": r.id, "status": "missing", "point": None}
+        for r, text in zip(records, align_outputs(records, outputs))
     ]
     statuses = [d["status"] for d in details]
     rows = [(r, s == "correct") for r, s in zip(records, statuses)]
@@ -198,8 +221,9 @@ def format_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _prediction_row(line: str, where: str) -> tuple[str, str]:
-    """``(id, output)`` from one JSONL line ``{"id": str|int, "output": str}``."""
+def _prediction_row(line: str, where: str) -> tuple[Any, str]:
+    """``(key, output)`` from one JSONL line ``{"id": str|int, "output": str, "file"?: str}``; the key is the id,
+    or ``(file, id)`` when the row names the annotation file (needed for v1/v2 folders: ids are indices)."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -213,10 +237,13 @@ def _prediction_row(line: str, where: str) -> tuple[str, str]:
         raise DataError(f"{where}: field 'id' must be a string or an integer")
     if not isinstance(row["output"], str):
         raise DataError(f"{where}: field 'output' must be a string")
-    return str(row["id"]), row["output"]
+    if "file" in row and not isinstance(row["file"], str):
+        raise DataError(f"{where}: field 'file' must be a string")
+    key = (row["file"], str(row["id"])) if "file" in row else str(row["id"])
+    return key, row["output"]
 
 
-def read_predictions(path: str | Path) -> dict[str, str]:
+def read_predictions(path: str | Path) -> dict[Any, str]:
     """``{id: raw output}`` from a JSONL file of ``{"id": ..., "output": "raw model text"}`` rows (blank lines
     skipped). ``DataError`` naming the file and the 1-based line number for a malformed line or a repeated id."""
     path = Path(path)
@@ -226,7 +253,7 @@ def read_predictions(path: str | Path) -> dict[str, str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
-    outputs: dict[str, str] = {}
+    outputs: dict[Any, str] = {}
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -274,8 +301,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--predictions", help='JSONL of {"id": record id, "output": raw model text}')
     source.add_argument("--model", help="checkpoint to generate the outputs with")
     parser.add_argument(
-        "--coords", choices=COORDS, default="absolute",
-        help="coordinates of the outputs: original pixels, smart_resize'd pixels, or 0-1000 (default: absolute)",
+        "--coords", choices=COORDS, default=None,
+        help="coordinates of the outputs: original pixels, smart_resize'd pixels, or 0-1000 "
+        "(default: absolute for --predictions, resized for --model)",
     )
     parser.add_argument("--images", help="folder img_filename is relative to (default: found beside --data)")
     parser.add_argument("--output", help="write the result JSON to this file")
@@ -286,16 +314,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate ``--predictions`` (or outputs generated by ``--model``), print the table, return 0."""
     if args.model is not None:
-        from mmrl.eval.generate import generate_outputs
+        from mmrl.eval.generate import generate_for_records
 
         records = load_screenspot(args.data, args.images)
-        outputs = generate_outputs(args.model, records, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
-        result = score_predictions(records, outputs, args.coords, args.min_pixels, args.max_pixels)
+        outputs = generate_for_records(args.model, records, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        result = score_predictions(records, outputs, args.coords or "resized", args.min_pixels, args.max_pixels)
         if args.output is not None:
             write_json_atomic(args.output, result)
     else:
         result = evaluate_predictions_file(
-            args.data, args.predictions, args.coords, args.images, args.output, args.min_pixels, args.max_pixels
+            args.data, args.predictions, args.coords or "absolute", args.images, args.output, args.min_pixels, args.max_pixels
         )
     print(format_table(result))
     return 0

@@ -37,7 +37,10 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def vision_tower(model) -> torch.nn.Module | None:
-    """The vision encoder (with its merger) of a transformers VLM, whatever the attribute is called."""
+    """The vision encoder (with its merger) of a transformers VLM (or a peft wrapper of one), whatever the
+    attribute is called."""
+    if hasattr(model, "get_base_model"):  # peft PeftModel: look inside, not at the wrapper's own attributes
+        model = model.get_base_model()
     for holder in (model, getattr(model, "model", None)):
         for name in ("visual", "vision_tower", "vision_model"):
             module = getattr(holder, name, None) if holder is not None else None

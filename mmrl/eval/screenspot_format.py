@@ -12,10 +12,10 @@ Formats (as released):
   "platform", "group", "ui_type": "text"|"icon"}`` (extra keys such as ``instruction_cn`` are ignored);
   ``img_filename`` is relative to ``images/`` beside ``annotations/``.
 
-Every ``gt_box`` is ``[x1, y1, x2, y2]`` in original image pixels. Record ids are strings unique across a
-benchmark: the Pro ``id`` field (``"vscode_macos_0"``), and for v1/v2 ``"<file stem>_<0-based index>"``
-(``"screenspot_mobile_v2_3"``), the same ``<file>_<index>`` convention, because bare indices collide
-between the three split files. Images are not opened here: ``image`` is the resolved path only.
+Every ``gt_box`` is ``[x1, y1, x2, y2]`` in original image pixels. Record ids are strings: the Pro ``id`` field
+(``"vscode_macos_0"``), and for v1/v2 the record's 0-based index in its file (``"3"``), unique within a file
+only; ``source_file`` tells records of different files apart. Images are not opened here: ``image`` is the
+resolved path only.
 
 Bad input raises ``DataError`` with one line naming the file, the record index and the key, e.g.
 ``data/x.json: record 3: missing field 'bbox'``.
@@ -56,7 +56,8 @@ class GroundingRecord:
     ui_type: str
     """``"text"`` or ``"icon"`` (v1/v2 ``data_type``, Pro ``ui_type``)."""
     split: str
-    """``mobile``/``desktop``/``web`` for v1/v2; ``pro`` for ScreenSpot-Pro."""
+    """``mobile``/``desktop``/``web`` for v1/v2 (another v1/v2-format file ``screenspot_<name>.json`` is split
+    ``<name>``); ``pro`` for ScreenSpot-Pro."""
     group: str = ""
     """Pro application group (Dev, Creative, CAD, Scientific, Office, OS); empty for v1/v2."""
     application: str = ""
@@ -132,7 +133,7 @@ def _v12_record(raw: dict[str, Any], index: int, path: Path, split: str, image_b
     """One ScreenSpot v1/v2 record (``bbox`` is ``[x, y, w, h]``)."""
     where = f"{path}: record {index}"
     return GroundingRecord(
-        id=f"{path.stem}_{index}",
+        id=str(index),
         image=str(image_base / _get_str(raw, "img_filename", where)),
         instruction=_get_str(raw, "instruction", where),
         gt_box=_get_box(raw, where, xywh=True),
@@ -233,11 +234,11 @@ def load_screenspot(path: str | Path, image_dir: str | Path | None = None) -> li
     else:
         raise DataError(f"{path}: no such file or directory")
     records: list[GroundingRecord] = []
-    seen: dict[str, str] = {}
     for file in files:
+        seen: set[str] = set()
         for index, record in enumerate(load_screenspot_file(file, image_dir)):
             if record.id in seen:
-                raise DataError(f"{file}: record {index}: duplicate id {record.id!r} (first in {seen[record.id]})")
-            seen[record.id] = str(file)
+                raise DataError(f"{file}: record {index}: duplicate id {record.id!r}")
+            seen.add(record.id)
             records.append(record)
     return records

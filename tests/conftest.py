@@ -1,0 +1,52 @@
+"""Shared fixtures: one tiny Qwen2.5-VL checkpoint per test session, and overrides for tiny training runs."""
+from __future__ import annotations
+
+import pytest
+
+from mmrl.config import TrainConfig, load_config
+from mmrl.models.tiny import make_tiny
+from mmrl.trainer import train
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """A cache folder holding the tiny model that ``model.path=tiny`` resolves to (built once)."""
+    cache = tmp_path_factory.mktemp("mmrl-cache")
+    make_tiny(cache / "models" / "tiny-qwen2_5_vl-tiny", family="qwen2_5_vl", size="tiny")
+    return cache
+
+
+@pytest.fixture
+def tiny_run(tiny_cache, cold_model, tmp_path):
+    """``key=value`` overrides for a seconds-long GUI grounding run in ``tmp_path / 'run'`` from ``cold_model``."""
+    return [
+        f"output_dir={tmp_path / 'run'}",
+        f"model.cache_dir={tiny_cache}",
+        f"model.path={cold_model}",
+        "model.min_pixels=12544",
+        "model.max_pixels=12544",
+        "progress=false",
+        "data.synthetic.n_train=16",
+        "data.synthetic.n_eval=4",
+        "sft.steps=2",
+        "sft.batch_size=4",
+        "grpo.steps=2",
+        "grpo.prompts_per_step=2",
+        "grpo.group_size=4",
+        "grpo.max_new_tokens=6",
+        "grpo.micro_batch_size=4",
+        "eval.max_new_tokens=6",
+        "save_every=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def cold_model(tiny_cache, tmp_path_factory):
+    """A tiny model cold-started until it writes ``(x, y)`` answers, so RL rewards vary within groups."""
+    out = tmp_path_factory.mktemp("cold")
+    overrides = [f"output_dir={out}", f"model.cache_dir={tiny_cache}", "model.min_pixels=12544",
+                 "model.max_pixels=12544", "progress=false", "data.synthetic.n_train=64", "data.synthetic.n_eval=4",
+                 "sft.steps=40", "sft.batch_size=8", "sft.lr=3e-3", "grpo.steps=0", "log_rollouts=false"]
+    summary = train(load_config(TrainConfig, None, overrides))
+    assert summary["after"]["parsed"] > 0, "the cold start must teach the answer format"
+    return out / "final"

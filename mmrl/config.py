@@ -277,11 +277,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
     """Defaults <- YAML file <- ``key=value`` overrides, type-checked into ``cls``."""
     values: dict[str, Any] = read_yaml(path) if path else {}
-    values = _deep_merge(values, parse_overrides(overrides or []))
     try:
-        return build(cls, values)
+        build(cls, values)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(f"{path}: {e}") from None
+    try:
+        return build(cls, _deep_merge(values, parse_overrides(overrides or [])))
+    except ConfigError as e:
+        raise ConfigError(f"command-line override: {e}") from None
 
 
 def to_dict(cfg) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
@@ -77,17 +78,18 @@ def rollout(model, processor, samples: list[Sample], images: ImageCache, rewards
     """Sample ``group_size`` completions per prompt, score them, and compute group advantages."""
     G = cfg.group_size
     rows = [s for s in samples for _ in range(G)]
-    encodings, ids, masks, texts, truncated = [], [], [], [], []
+    encodings, outs = [], []
     for sl in micro_batches(len(rows), cfg.micro_batch_size):
         enc = encode_prompts(processor, rows[sl], [images.images(s) for s in rows[sl]]).to(device)
-        out = generate(model, processor, enc, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                       temperature=cfg.temperature, top_p=cfg.top_p, suppress_ids=suppress)
         encodings.append(enc)
-        ids.append(out.ids), masks.append(out.mask), texts.extend(out.texts), truncated.extend(out.truncated)
-    width = max(t.shape[1] for t in ids)
+        outs.append(generate(model, processor, enc, max_new_tokens=cfg.max_new_tokens, do_sample=True,
+                             temperature=cfg.temperature, top_p=cfg.top_p, suppress_ids=suppress))
     pad = processor.tokenizer.pad_token_id
-    ids = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in ids])
-    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])
+    width = max(o.ids.shape[1] for o in outs)
+    ids = torch.cat([F.pad(o.ids, (0, width - o.ids.shape[1]), value=pad) for o in outs])
+    mask = torch.cat([F.pad(o.mask, (0, width - o.mask.shape[1])) for o in outs])
+    texts = [t for o in outs for t in o.texts]
+    truncated = [t for o in outs for t in o.truncated]
     ids, mask, dropped = sanitize(ids, mask, suppress, pad)
     parts, total = score(rewards, texts, rows)
     group_ids = torch.arange(len(samples)).repeat_interleave(G)

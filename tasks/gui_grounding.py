@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from functools import partial
 from dataclasses import asdict, dataclass, field
@@ -81,7 +82,7 @@ def synthetic_files(cfg: SyntheticConfig, split: str, cache_dir: str) -> Path:
     folder = Path(cache_dir).expanduser() / "data" / f"gui_synthetic-{split}-{digest}"
     path = folder / f"screenspot_{split}.json"
     if not path.is_file():
-        tmp = folder.with_name(folder.name + ".tmp")
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
         synthetic_gui.generate(
             tmp, n, seed=seed, width=cfg.width, height=cfg.height, n_distractors=cfg.n_distractors,
             kinds=tuple(cfg.kinds), min_size=cfg.min_size, max_size=cfg.max_size, split_name=split,

@@ -1,6 +1,7 @@
 """Load a VLM policy (``AutoModelForImageTextToText`` + ``AutoProcessor``), with LoRA or full fine-tuning."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ def resolve_path(cfg: ModelConfig) -> str:
         return cfg.path
     folder = Path(cfg.cache_dir).expanduser() / "models" / f"tiny-{cfg.tiny_family}-{cfg.tiny_size}"
     if not (folder / "config.json").is_file() or not (folder / "processor_config.json").is_file():
-        tmp = folder.with_name(folder.name + ".tmp")
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
         make_tiny(tmp, family=cfg.tiny_family, size=cfg.tiny_size)
         if folder.exists():
             import shutil
@@ -94,7 +95,6 @@ def load_policy(cfg: ModelConfig):
         visual.requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 

@@ -71,6 +71,10 @@ class TinySpec:
     vision_layers: int
     vision_heads: int
     vision_intermediate: int
+    rope_theta: float = 10.0
+    """Rotary base of the text model. Qwen2.5-VL's M-RoPE gives the width axis the lowest frequencies; with
+    Qwen's 1e6 (or 1e4) and a 32-dim head those rotate by < 0.003 rad per image column, so a tiny model cannot
+    tell columns apart. At 10 the width section turns 0.12-0.24 rad per column, enough to localise."""
 
 
 SIZES = {
@@ -144,7 +148,7 @@ def build_config(family: str, spec: TinySpec, tokenizer):
         num_attention_heads=spec.text_heads,
         num_key_value_heads=spec.text_kv_heads,
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta, "mrope_section": _mrope_section(head_dim)},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],

@@ -81,7 +81,8 @@ def test_resume_after_a_crash_gives_identical_weights(tiny_run, tmp_path):
 
 
 def test_lora_trains_adapters_with_adapter_disabled_reference(tiny_run, tmp_path):
-    summary = run(tiny_run + ["model.lora.enabled=true", "model.lora.r=4", "grpo.beta=0.1", "grpo.lr=1e-2"])
+    summary = run(tiny_run + ["model.lora.enabled=true", "model.lora.r=4", "grpo.beta=0.1", "grpo.lr=1e-2",
+                              "model.freeze_vision=true", "model.gradient_checkpointing=true"])
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["kl"] > 0, "after one LoRA update the policy must differ from the adapter-free reference"
     assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()
@@ -90,10 +91,13 @@ def test_lora_trains_adapters_with_adapter_disabled_reference(tiny_run, tmp_path
 
 @pytest.mark.slow
 def test_two_process_accelerate_run_keeps_ranks_identical(tiny_run, tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    """Two CPU ranks (gloo). accelerate 1.x runs ``launch --cpu`` as ONE process unless given an MPI hostfile,
+    so the two processes are started through its torchrun path (``--multi_gpu``); without CUDA each rank's
+    ``Accelerator(cpu=True)`` then joins a MULTI_CPU group."""
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "mmrl", "train", "gui_grounding", *tiny_run]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

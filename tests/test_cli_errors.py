@@ -1,0 +1,82 @@
+"""Bad input through the ``mmrl`` command: one clear error line naming the file/record/key, exit status 2."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from mmrl.cli import main
+
+
+def run_cli(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def write_v1(folder, records, image_name="a.png", image=True):
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    if image:
+        Image.new("RGB", (112, 112), (200, 200, 200)).save(folder / "images" / image_name)
+    path = folder / "screenspot_mobile.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def record(**changes):
+    base = {"img_filename": "a.png", "bbox": [10, 10, 20, 20], "instruction": "click the red button",
+            "data_type": "icon", "data_source": "ios"}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def train_args(tmp_path, train_file):
+    return ["train", "gui_grounding", f"output_dir={tmp_path / 'run'}", f"data.train={train_file}",
+            f"data.eval={train_file}", f"model.cache_dir={tmp_path / 'cache'}"]
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    err = run_cli(["train", "gui_grounding", "grpo.lrr=1e-5", f"output_dir={tmp_path}"], capsys)
+    assert "grpo.lrr" in err and "valid keys" in err
+
+
+def test_unknown_data_key(tmp_path, capsys):
+    err = run_cli(["train", "gui_grounding", "data.synthetic.n_trian=5", f"output_dir={tmp_path}",
+                   f"model.cache_dir={tmp_path / 'cache'}"], capsys)
+    assert "data.synthetic.n_trian" in err
+
+
+def test_wrong_type(tmp_path, capsys):
+    err = run_cli(["train", "gui_grounding", "grpo.steps=many", f"output_dir={tmp_path}"], capsys)
+    assert "grpo.steps" in err
+
+
+def test_missing_image(tmp_path, capsys):
+    path = write_v1(tmp_path / "d", [record(), record(img_filename="gone.png")])
+    err = run_cli(train_args(tmp_path, path), capsys)
+    assert str(path) in err and "record 1" in err and "gone.png" in err
+
+
+def test_corrupt_png(tmp_path, capsys):
+    path = write_v1(tmp_path / "d", [record(img_filename="bad.png")], image=False)
+    (tmp_path / "d" / "images" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    err = run_cli(train_args(tmp_path, path), capsys)
+    assert "bad.png" in err and "record 0" in err
+
+
+def test_record_missing_a_field(tmp_path, capsys):
+    path = write_v1(tmp_path / "d", [record(), record(), record(bbox=None)])
+    err = run_cli(train_args(tmp_path, path), capsys)
+    assert err.endswith(f"{path}: record 2: missing field 'bbox'")
+
+
+def test_malformed_prediction_line(tmp_path, capsys):
+    path = write_v1(tmp_path / "d", [record()])
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 0, "output": "(15, 15)"}\n{"id": 1, "outp\n')
+    err = run_cli(["eval", "screenspot", "--data", str(path), "--predictions", str(preds)], capsys)
+    assert f"{preds}: line 2" in err

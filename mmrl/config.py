@@ -72,6 +72,8 @@ class SFTConfig:
     """Peak learning rate of the SFT phase."""
     warmup_steps: int = 20
     """Linear warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (torch's default)."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ def sft_loss(model, processor, samples: list[Sample], images: ImageCache, device
 def cold_start(model, processor, samples: list[Sample], images: ImageCache, cfg: SFTConfig, accelerator, *,
                seed: int, max_grad_norm: float, progress: bool, log) -> None:
     """Run ``cfg.steps`` SFT steps in place; ``log(step, metrics)`` receives the loss of each step."""
-    optimizer, scheduler = make_optimizer(model, cfg.lr, 0.0, cfg.warmup_steps, cfg.steps, "constant")
+    optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, "constant")
     model, optimizer = accelerator.prepare(model, optimizer)
     world, rank = accelerator.num_processes, accelerator.process_index
     model.train()

@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+IMAGE_MARK = "<image>"
+"""Where a prompt places an image; images without a mark go before the text (Qwen's convention)."""
+
 
 @dataclass
 class Sample:

@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmrl.errors import ConfigError, DataError
-from mmrl.types import LoadContext, Sample
+from mmrl.types import IMAGE_MARK, LoadContext, Sample
 from mmrl.vision import smart_resize
 from rewards import gui
 from rewards.parsing import parse_point
@@ -68,6 +68,10 @@ class GuiGroundingData:
     """Folder of the screenshots (default: ``images/`` or ``screenspot_imgs/`` beside the JSON)."""
     answer_format: str = "point"
     """point: ``(x, y)``; box: ``[x1,y1,x2,y2]`` (needed for the coverage reward)."""
+    instruction_first: bool = False
+    """Put the instruction before the screenshot. Then the text between the image and the answer has a fixed
+    length, so the answer's rotary offset to each image token is the same for every sample (small models
+    localise far sooner); Qwen's and the paper's layout is image first."""
     alpha: float = 0.5
     """GUI-G² Gaussian width factor: sigma = alpha * element side (0.5 is the paper's best)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -120,7 +124,9 @@ def to_sample(record: GroundingRecord, cfg: GuiGroundingData, ctx: LoadContext) 
     box_seen = [v / scale[i % 2] for i, v in enumerate(record.gt_box)]
     return Sample(
         id=str(record.id),
-        prompt=PROMPTS[cfg.answer_format].format(instruction=record.instruction),
+        prompt=PROMPTS[cfg.answer_format].format(instruction=record.instruction) + (
+            f"\n{IMAGE_MARK}" if cfg.instruction_first else ""
+        ),
         images=[str(record.image)],
         answer=format_answer(box_seen, cfg.answer_format),
         fields={

@@ -11,12 +11,21 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from mmrl.types import Sample
+from mmrl.types import IMAGE_MARK, Sample
 
 
 def chat_messages(sample: Sample) -> list[dict]:
-    """One user turn: the sample's images, then its prompt text."""
-    content = [{"type": "image"} for _ in sample.images] + [{"type": "text", "text": sample.prompt}]
+    """One user turn. Each ``<image>`` mark in the prompt is replaced by the next image; images without a mark
+    come first (Qwen's convention)."""
+    parts = sample.prompt.split(IMAGE_MARK)
+    if len(parts) - 1 > len(sample.images):
+        raise ValueError(f"sample {sample.id}: {len(parts) - 1} {IMAGE_MARK} marks but {len(sample.images)} images")
+    content = [{"type": "image"} for _ in range(len(sample.images) - (len(parts) - 1))]
+    for i, text in enumerate(parts):
+        if i > 0:
+            content.append({"type": "image"})
+        if text:
+            content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
 
 

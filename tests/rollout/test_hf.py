@@ -208,3 +208,16 @@ def test_placeholder_in_completion_raises_unless_sanitized(model, processor, tok
         logp = token_logprobs(model, batch, clean_ids, clean_mask)
     assert torch.isfinite(logp).all()
     assert logp[0, 2] == 0 and (logp[clean_mask.bool()] < 0).all()
+
+
+def test_chat_messages_places_images_at_marks():
+    from mmrl.rollout.hf import chat_messages
+
+    default = chat_messages(Sample("a", "click red", images=["x.png"]))[0]["content"]
+    assert default == [{"type": "image"}, {"type": "text", "text": "click red"}]
+    marked = chat_messages(Sample("b", "click red\n<image>", images=["x.png"]))[0]["content"]
+    assert marked == [{"type": "text", "text": "click red\n"}, {"type": "image"}]
+    two = chat_messages(Sample("c", "first <image> then <image>", images=["x.png", "y.png"]))[0]["content"]
+    assert [p["type"] for p in two] == ["text", "image", "text", "image"]
+    with pytest.raises(ValueError, match="sample d"):
+        chat_messages(Sample("d", "<image><image>", images=["x.png"]))

@@ -105,6 +105,14 @@ def rollout(model, processor, samples: list[Sample], images: ImageCache, rewards
     return Rollouts(rows, encodings, ids, mask, adv, groups, dropped)
 
 
+def frozen_reference(model, cfg: TrainConfig):
+    """A frozen copy of the starting policy when the KL term needs one (full fine-tuning with beta > 0);
+    ``None`` otherwise (beta = 0 needs no reference; LoRA disables its adapters instead)."""
+    if cfg.grpo.beta > 0 and not cfg.model.lora.enabled:
+        return copy.deepcopy(model).requires_grad_(False).eval()
+    return None
+
+
 def reference_context(model, ref_model):
     """Context in which ``model`` computes reference log-probs: adapters off under LoRA, else a frozen copy."""
     if ref_model is not None:
@@ -240,18 +248,16 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
 
     # 2. RL setup: reference policy, optimizer, schedule, resume.
     g = cfg.grpo
-    ref_model = None
-    if g.beta > 0 and not cfg.model.lora.enabled:
-        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if g.prompts_per_step % world:
+        raise ConfigError(f"grpo.prompts_per_step={g.prompts_per_step} must be divisible by {world} processes")
+    ref_model = frozen_reference(model, cfg)
     optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps, g.steps * g.mu, g.lr_schedule)
     model, optimizer = accelerator.prepare(model, optimizer)
     start = 0
     if resume_from is not None:
         start = checkpoint.load(resume_from, model, optimizer, scheduler, accelerator)["step"]
         run.truncate_metrics(start)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if g.prompts_per_step % world:
-        raise ConfigError(f"grpo.prompts_per_step={g.prompts_per_step} must be divisible by {world} processes")
 
     # 3. The RL loop.
     model.train()
@@ -284,15 +290,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
 
     # 4. Final evaluation, model and summary.
     after = run_eval(task, model, processor, eval_set, images, cfg, suppress, accelerator, "eval after RL")
-    final = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        final.save_pretrained(run.root / "final")
-        processor.save_pretrained(run.root / "final")
-    prints = gather_object([checkpoint.fingerprint(final)])
     summary = {"task": cfg.task, "steps": g.steps, "before": before, "after": after,
-               "model": str(Path(start_path)), "output_dir": str(run.root), "rank_fingerprints": prints}
+               "model": str(Path(start_path)), "output_dir": str(run.root)}
+    return finish(run, accelerator.unwrap_model(model), processor, accelerator, summary)
+
+
+def finish(run: RunDir, model, processor, accelerator, summary: dict) -> dict:
+    """Save the final model, add each rank's weight fingerprint, write ``summary.json`` and print before/after."""
+    if accelerator.is_main_process:
+        model.save_pretrained(run.root / "final")
+        processor.save_pretrained(run.root / "final")
+    summary["rank_fingerprints"] = gather_object([checkpoint.fingerprint(model)])
     run.write_json("summary.json", summary)
     run.close()
     if accelerator.is_main_process:
-        print(json.dumps({"before": before, "after": after}))
+        print(json.dumps({"before": summary["before"], "after": summary["after"]}))
     return summary

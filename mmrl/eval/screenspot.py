@@ -118,24 +118,27 @@ def pro_breakdowns(rows: list[Row]) -> dict[str, Any]:
     }
 
 
-def align_outputs(records: list[GroundingRecord], outputs: Mapping[Any, str]) -> list[str | None]:
-    """The output of each record (``None`` if absent). Keys are ``(file name or stem, id)`` or a bare ``id``;
-    a bare id shared by records of several files (v1/v2 ids are per-file indices) raises ``DataError``."""
+def align_outputs(records: list[GroundingRecord], outputs: Mapping[Any, str]) -> tuple[list[str | None], int]:
+    """The output of each record (``None`` if absent) and how many outputs matched no record. Keys are
+    ``(file name or stem, id)`` or a bare ``id``; a bare id shared by records of several files (v1/v2 ids are
+    per-file indices) raises ``DataError``."""
     counts = Counter(r.id for r in records)
     aligned: list[str | None] = []
+    used: set[Any] = set()
     for r in records:
         name = Path(r.source_file).name
         keys = [(name, r.id), (Path(name).stem, r.id)]
-        found = next((outputs[k] for k in keys if k in outputs), None)
-        if found is None and r.id in outputs:
+        key = next((k for k in keys if k in outputs), None)
+        if key is None and r.id in outputs:
             if counts[r.id] > 1:
                 raise DataError(
                     f"prediction id {r.id!r} matches records in several files; add a \"file\" field (e.g. "
                     f"{name!r}) to the prediction rows"
                 )
-            found = outputs[r.id]
-        aligned.append(found)
-    return aligned
+            key = r.id
+        used.add(key)
+        aligned.append(outputs[key] if key is not None else None)
+    return aligned, len(set(outputs) - used)
 
 
 def score_predictions(
@@ -147,7 +150,7 @@ def score_predictions(
 ) -> dict[str, Any]:
     """Score raw outputs (``record id`` or ``(file, record id)`` -> model text) in the ``coords`` convention.
 
-    Returns ``{"coords", "n", "correct", "accuracy", "wrong_format", "missing", "screenspot"?,
+    Returns ``{"coords", "n", "correct", "accuracy", "wrong_format", "missing", "unmatched", "screenspot"?,
     "screenspot_pro"?, "details"}``; ``screenspot`` (v1/v2 table) and ``screenspot_pro`` appear when such
     records are present, and ``details`` lists ``{"id", "status", "point"}`` per record. ``min_pixels`` and
     ``max_pixels`` matter only for ``resized`` (``None``: ``smart_resize``'s defaults).
@@ -163,17 +166,19 @@ def score_predictions(
             sizes[record.image] = image_size(record)
         return coord_scale(coords, sizes[record.image], min_pixels, max_pixels)
 
+    aligned, unmatched = align_outputs(records, outputs)
     details = [
         _grade(r, text, scale_of)
         if text is not None
         else {"file": Path(r.source_file).name, "id": r.id, "status": "missing", "point": None}
-        for r, text in zip(records, align_outputs(records, outputs))
+        for r, text in zip(records, aligned)
     ]
     statuses = [d["status"] for d in details]
     rows = [(r, s == "correct") for r, s in zip(records, statuses)]
     result: dict[str, Any] = {"coords": coords, **_cell(rows)}
     result["wrong_format"] = statuses.count("wrong_format")
     result["missing"] = statuses.count("missing")
+    result["unmatched"] = unmatched
     v12_rows = [row for row in rows if row[0].split in SPLITS]
     pro_rows = [row for row in rows if row[0].split == PRO_SPLIT]
     if v12_rows:
@@ -216,7 +221,8 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append("")
     lines.append(
         f"overall ({result['coords']} coords): {_pct(result)}  "
-        f"wrong_format: {result['wrong_format']}  missing: {result['missing']}"
+        f"wrong_format: {result['wrong_format']}  missing: {result['missing']}  "
+        f"unmatched predictions: {result['unmatched']}"
     )
     return "\n".join(lines)
 

@@ -431,3 +431,14 @@ def test_run_with_model_calls_generate_for_records(monkeypatch, capsys):
     # --model defaults to resized coords: vscode 2560x1600 is seen as 1260x784 under 1e6 pixels, so (10, 10) ->
     # (20.3, 20.4), inside only vscode_macos_1's box [0, 0, 64, 40]; photoshop (14.6, 14.8) hits none
     assert "overall (resized coords): 16.7 (1/6)" in capsys.readouterr().out
+
+
+def test_predictions_for_unknown_records_are_counted_as_unmatched(tmp_path):
+    preds = _write_jsonl(tmp_path / "preds.jsonl", [
+        {"id": 0, "output": "(50, 10)"},  # record 0 of the desktop file: correct
+        {"id": 7, "output": "(1, 1)"},  # the file has records 0..2: no record 7
+        {"file": "screenspot_phone.json", "id": 0, "output": "(1, 1)"},  # no such annotation file
+    ])
+    result = evaluate_predictions_file(V1 / "screenspot_desktop.json", preds)
+    assert (result["correct"], result["missing"], result["unmatched"]) == (1, 2, 2)
+    assert "unmatched predictions: 2" in format_table(result)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmrl.store import publish_dir
+
 PATTERN = re.compile(r"^step-(\d{6})$")
 
 
@@ -97,8 +99,7 @@ def save(root, step: int, model, optimizer, scheduler, trainer_state: dict, acce
         os.replace(tmp / "state.pt.part", tmp / "state.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        publish_dir(tmp, final)
         for old in checkpoints(root)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

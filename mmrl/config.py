@@ -140,6 +140,9 @@ class TrainConfig:
     """Seed for data order, sampling and initialisation."""
     resume: bool = False
     """Continue from the last checkpoint in ``output_dir``."""
+    overwrite: bool = False
+    """Start afresh in an ``output_dir`` that holds an earlier run, deleting that run's files (without it, such a
+    folder is an error: nothing is lost by accident)."""
     save_every: int = 50
     """Checkpoint every N RL steps (and at the end)."""
     keep_checkpoints: int = 2

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from mmrl.errors import ConfigError
 from mmrl.types import Group
 
 
@@ -18,6 +20,33 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, replacing an older ``final`` (the rename is atomic)."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+RUN_ARTIFACTS = ("metrics.jsonl", "sft_metrics.jsonl", "rollouts", "checkpoints", "tb", "sft_model", "final",
+                 "eval_before.json", "summary.json", "config.json")
+"""What a run writes into its directory; a fresh run refuses to mix with these unless told to overwrite."""
+
+
+def claim_run_dir(root: str | Path, *, resume: bool, overwrite: bool, delete: bool = True) -> None:
+    """Make ``root`` ready for a fresh run (resume: nothing to do). A folder that already holds a run raises
+    ``ConfigError`` unless ``overwrite``, which deletes that run's files (and nothing else) when ``delete``
+    (every rank checks; only the main process deletes)."""
+    root = Path(root)
+    found = [name for name in RUN_ARTIFACTS if (root / name).exists()]
+    if resume or not found:
+        return
+    if not overwrite:
+        raise ConfigError(f"output_dir {root} already holds a run ({', '.join(found)}): pass resume=true to "
+                          "continue it, overwrite=true to replace it, or another output_dir")
+    for name in found if delete else []:
+        path = root / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def group_record(step: int, group: Group) -> dict[str, Any]:

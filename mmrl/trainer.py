@@ -36,7 +36,7 @@ from mmrl.optim import make_optimizer
 from mmrl.registry import get_task
 from mmrl.rollout.hf import encode_prompts, generate, sanitize, token_logprobs
 from mmrl.sft import cold_start
-from mmrl.store import RunDir
+from mmrl.store import RunDir, claim_run_dir, publish_dir
 from mmrl.types import Group, LoadContext, Sample
 
 
@@ -212,7 +212,7 @@ def cold_start_model(cfg: TrainConfig, task, train_set, images, run: RunDir, acc
         tmp = run.root / ".sft_model.tmp"
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        tmp.replace(out)
+        publish_dir(tmp, out)
     accelerator.wait_for_everyone()
     return str(out)
 
@@ -221,6 +221,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     """Run the whole recipe described in the module docstring; returns the summary dict."""
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
+    claim_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, delete=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
     run = RunDir(cfg.output_dir, main=accelerator.is_main_process)
     task = get_task(cfg.task)
     data_cfg = build(task.config_class, cfg.data, prefix="data.")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmrl.errors import ConfigError, DataError
+from mmrl.store import publish_dir
 from mmrl.types import IMAGE_MARK, LoadContext, Sample
 from mmrl.vision import smart_resize
 from rewards import gui
@@ -69,9 +69,10 @@ class GuiGroundingData:
     answer_format: str = "point"
     """point: ``(x, y)``; box: ``[x1,y1,x2,y2]`` (needed for the coverage reward)."""
     instruction_first: bool = False
-    """Put the instruction before the screenshot. Then the text between the image and the answer has a fixed
-    length, so the answer's rotary offset to each image token is the same for every sample (small models
-    localise far sooner); Qwen's and the paper's layout is image first."""
+    """Put the instruction before the screenshot (default: image first, as Qwen and the paper do). Then the text
+    between the image and the answer has a fixed length, so the answer's rotary offset to each image token is
+    the same for every sample. Not shown to speed up learning here: at 112x112 the tiny model stayed at chance
+    either way within 1,500 SFT steps."""
     alpha: float = 0.5
     """GUI-G² Gaussian width factor: sigma = alpha * element side (0.5 is the paper's best)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -91,8 +92,7 @@ def synthetic_files(cfg: SyntheticConfig, split: str, cache_dir: str) -> Path:
             tmp, n, seed=seed, width=cfg.width, height=cfg.height, n_distractors=cfg.n_distractors,
             kinds=tuple(cfg.kinds), min_size=cfg.min_size, max_size=cfg.max_size, split_name=split,
         )
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)
+        publish_dir(tmp, folder)
     return path
 
 

@@ -80,3 +80,24 @@ def test_malformed_prediction_line(tmp_path, capsys):
     preds.write_text('{"id": 0, "output": "(15, 15)"}\n{"id": 1, "outp\n')
     err = run_cli(["eval", "screenspot", "--data", str(path), "--predictions", str(preds)], capsys)
     assert f"{preds}: line 2" in err
+
+
+def test_fresh_run_into_an_earlier_run_is_refused(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    err = run_cli(["train", "gui_grounding", f"output_dir={tmp_path / 'run'}"], capsys)
+    assert "already holds a run" in err and "resume=true" in err and "overwrite=true" in err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_overwrite_deletes_only_the_runs_files(tmp_path):
+    from mmrl.store import claim_run_dir
+
+    root = tmp_path / "run"
+    (root / "checkpoints" / "step-000001").mkdir(parents=True)
+    (root / "metrics.jsonl").write_text("{}\n")
+    (root / "notes.txt").write_text("mine")
+    claim_run_dir(root, resume=True, overwrite=False)  # resuming keeps everything
+    assert (root / "metrics.jsonl").exists()
+    claim_run_dir(root, resume=False, overwrite=True)
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]

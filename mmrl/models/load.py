@@ -9,6 +9,7 @@ import torch
 from mmrl.config import ModelConfig
 from mmrl.errors import ConfigError
 from mmrl.models.tiny import VISION_PLACEHOLDERS, make_tiny
+from mmrl.store import publish_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -21,11 +22,7 @@ def resolve_path(cfg: ModelConfig) -> str:
     if not (folder / "config.json").is_file() or not (folder / "processor_config.json").is_file():
         tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
         make_tiny(tmp, family=cfg.tiny_family, size=cfg.tiny_size)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        publish_dir(tmp, folder)
     return str(folder)
 
 

@@ -1,4 +1,4 @@
-"""The ``mmrl`` command: ``train``, ``eval``, ``make-tiny``."""
+"""The ``mmrl`` command: ``train``, ``select``, ``eval``, ``make-tiny``."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,15 @@ def cmd_train(args) -> None:
     train(cfg)
 
 
+def cmd_select(args) -> None:
+    from mmrl.config import TrainConfig, load_config
+    from mmrl.selection import select
+
+    path = Path(args.config) if args.config else default_config(args.task)
+    cfg = load_config(TrainConfig, path, [f"task={args.task}", *args.overrides])
+    select(cfg, args.k, args.output, progress=cfg.progress)
+
+
 def cmd_make_tiny(args) -> None:
     from mmrl.models.tiny import make_tiny
 
@@ -47,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (overrides the defaults)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.lr=1e-5 model.lora.enabled=true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("select", help="score every training item with K rollouts (variance-aware data selection)")
+    p.add_argument("task", help="task name, e.g. gui_grounding")
+    p.add_argument("--config", help="YAML config whose model, data, rewards and sampling settings are used")
+    p.add_argument("--k", type=int, default=8, help="completions sampled per item (default 8)")
+    p.add_argument("--output", required=True, help="JSON-lines file of per-item reward statistics")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.path=runs/x/final")
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("make-tiny", help="write a tiny random Qwen2-VL/Qwen2.5-VL checkpoint")
     p.add_argument("out_dir")

@@ -104,20 +104,45 @@ class GRPOConfig:
     """constant, linear or cosine decay after warm-up."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 = off)."""
-    epsilon_low: float = 0.2
-    """PPO clip: ratio lower bound 1 - epsilon_low."""
-    epsilon_high: float = 0.2
-    """PPO clip: ratio upper bound 1 + epsilon_high (DAPO's clip-higher when larger than epsilon_low)."""
     beta: float = 0.0
-    """KL coefficient to the reference policy (0 skips the reference forward)."""
+    """KL coefficient to the reference policy (0 skips the reference forward unless the loss needs it)."""
     kl_estimator: str = "k3"
-    """KL estimator name (see ``mmrl.algorithms.kl``)."""
+    """KL estimator name: k1, k2, k3, low_var_kl (see ``mmrl.algorithms.kl``)."""
+    kl_in: str = "loss"
+    """Where the KL penalty goes: ``loss`` (beta * KL per token added to the policy loss) or ``reward``
+    (beta * the completion's summed KL subtracted from its reward before the advantages)."""
     advantage: str = "grpo"
-    """Advantage estimator name (see ``mmrl.algorithms.advantages``)."""
+    """Advantage estimator name (see ``mmrl.algorithms.advantages`` and docs/algorithms.md)."""
+    advantage_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword hyperparameters of the advantage estimator, e.g. ``{eps: 1e-6}``."""
+    reward_combine: str = "sum"
+    """Several reward components: ``sum`` (weighted sum, then the estimator) or ``per_component`` (the
+    estimator on each component, then the weighted sum of advantages)."""
     policy_loss: str = "ppo_clip"
-    """Policy loss name (see ``mmrl.algorithms.losses``)."""
+    """Policy loss name (see ``mmrl.algorithms.losses`` and docs/algorithms.md)."""
+    loss_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword hyperparameters of the policy loss, e.g. ``{eps_low: 0.2, eps_high: 0.28}``."""
     loss_agg: str = "token_mean"
     """Loss aggregation name (see ``mmrl.algorithms.aggregation``)."""
+    token_weights: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Token-weighting schemes and their hyperparameters, e.g. ``{precision: {weight: 2.0}}``; weights multiply."""
+    overlong_filter: bool = False
+    """DAPO overlong filtering: truncated completions (no EOS within max_new_tokens) get no loss."""
+    dynamic_sampling: str = "off"
+    """DAPO dynamic sampling of groups whose rewards are all equal (zero advantage): ``off``, ``drop`` (train
+    without them) or ``refill`` (drop them and sample further prompts until ``prompts_per_step`` groups have
+    varied rewards or ``max_refill_rounds`` extra rounds ran)."""
+    max_refill_rounds: int = 3
+    """Extra sampling rounds ``dynamic_sampling: refill`` may run per step."""
+    prompt_sampler: str = "uniform"
+    """How prompts are drawn: ``uniform`` (seeded epochs) or ``vas`` (MMR1 Variance-Aware Sampling)."""
+    prompt_sampler_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword hyperparameters of the prompt sampler."""
+    rollout: str = "fixed"
+    """Rollout strategy: ``fixed`` (group_size completions per prompt) or ``reinforce_ada`` (adaptive
+    per-prompt sampling, then groups of group_size with both outcomes)."""
+    rollout_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword hyperparameters of the rollout strategy."""
 
 
 @dataclass
@@ -170,7 +195,7 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _check_type(value: Any, tp: Any, key: str) -> Any:
+def check_type(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` (ints widen to float) or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -178,7 +203,7 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
-                return _check_type(value, option, key)
+                return check_type(value, option, key)
             except ConfigError:
                 continue
         raise ConfigError(f"config key '{key}': {value!r} is not of type {tp}")
@@ -194,12 +219,12 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         (item,) = typing.get_args(tp) or (Any,)
-        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
         _, val_tp = typing.get_args(tp) or (Any, Any)
-        return {str(k): _check_type(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): check_type(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
@@ -223,7 +248,7 @@ def build(cls, values: dict[str, Any], prefix: str = ""):
         if dataclasses.is_dataclass(fields[name]) and isinstance(value, dict):
             base = dataclasses.asdict(fields[name]())
             value = _deep_merge(base, value)
-        kwargs[name] = _check_type(value, fields[name], prefix + name)
+        kwargs[name] = check_type(value, fields[name], prefix + name)
     return cls(**kwargs)
 
 

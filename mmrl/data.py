@@ -10,19 +10,25 @@ from mmrl.types import Sample
 from mmrl.vision import fit_image, load_image
 
 
-def indices_for_step(n: int, step: int, per_step: int, seed: int) -> list[int]:
-    """Dataset indices for ``step``: consecutive slices of a per-epoch seeded permutation.
+def indices_at(n: int, position: int, count: int, seed: int) -> list[int]:
+    """``count`` dataset indices starting at ``position`` of an endless stream of seeded per-epoch permutations.
 
-    Depends only on (n, step, per_step, seed), so a resumed run draws exactly what an uninterrupted one would.
+    Depends only on its arguments, so a resumed run that restores ``position`` draws exactly what an
+    uninterrupted one would.
     """
-    out, pos = [], step * per_step
-    while len(out) < per_step:
+    out, pos = [], position
+    while len(out) < count:
         epoch, offset = divmod(pos, n)
         order = np.random.default_rng([seed, epoch]).permutation(n)
-        take = min(per_step - len(out), n - offset)
+        take = min(count - len(out), n - offset)
         out.extend(int(i) for i in order[offset : offset + take])
         pos += take
     return out
+
+
+def indices_for_step(n: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Dataset indices for ``step`` when every step draws ``per_step``: ``indices_at(n, step * per_step, ...)``."""
+    return indices_at(n, step * per_step, per_step, seed)
 
 
 class ImageCache:

@@ -64,6 +64,7 @@ def group_record(step: int, group: Group) -> dict[str, Any]:
         "advantages": group.advantages,
         "lengths": group.lengths,
         "truncated": group.truncated,
+        "trained": group.trained,
     }
 
 

@@ -15,100 +15,39 @@ import copy
 import json
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from mmrl import checkpoint
-from mmrl.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from mmrl.algorithms import Algorithm, build_algorithm
+from mmrl.algorithms import sampling as sampling_lib
+from mmrl.algorithms.advantages import compute_advantages, group_stats
+from mmrl.algorithms.losses import PolicyBatch, positive_lengths
+from mmrl.algorithms.token_weights import TokenBatch, entropy, number_token_ids
 from mmrl.config import GRPOConfig, TrainConfig, build, to_dict
-from mmrl.data import ImageCache, indices_for_step
+from mmrl.data import ImageCache
 from mmrl.errors import ConfigError
 from mmrl.evaluate import generate_outputs, score_outputs
 from mmrl.models.load import load_policy, placeholder_ids, resolve_path
 from mmrl.optim import make_optimizer
 from mmrl.registry import get_task
-from mmrl.rollout.hf import encode_prompts, generate, sanitize, token_logprobs
+from mmrl.rollout.groups import Rollouts, concat, sample_groups, select_rewards, to_groups
+from mmrl.rollout.hf import gather_logprobs, token_distributions, token_logprobs
 from mmrl.sft import cold_start
 from mmrl.store import RunDir, claim_run_dir, publish_dir
-from mmrl.types import Group, LoadContext, Sample
+from mmrl.types import LoadContext
 
 
-@dataclass
-class Rollouts:
-    """One RL step's rollouts, row-aligned: ``samples[i]`` produced completion ``ids[i]``."""
-
-    samples: list[Sample]
-    encodings: list  # processor outputs of the prompt rows, one per micro-batch
-    ids: torch.Tensor
-    mask: torch.Tensor
-    advantages: torch.Tensor
-    groups: list[Group]
-    dropped_placeholders: int
-
-
-def select_rewards(available: dict, weights: dict[str, float]) -> dict[str, tuple[Callable, float]]:
-    unknown = sorted(set(weights) - set(available))
-    if unknown:
-        raise ConfigError(f"unknown reward '{unknown[0]}' in config key 'rewards'; valid: {', '.join(available)}")
-    return {name: (available[name], w) for name, w in weights.items()}
-
-
-def score(rewards: dict[str, tuple[Callable, float]], completions: list[str], samples: list[Sample]):
-    """Every reward component per completion and their weighted sum."""
-    keys = {k for s in samples for k in s.fields}
-    fields = {k: [s.fields.get(k) for s in samples] for k in keys}
-    parts = {name: [float(v) for v in fn(completions, **fields)] for name, (fn, _) in rewards.items()}
-    total = [sum(w * parts[name][i] for name, (_, w) in rewards.items()) for i in range(len(completions))]
-    return parts, total
-
-
-def micro_batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def rollout(model, processor, samples: list[Sample], images: ImageCache, rewards, cfg: GRPOConfig,
-            suppress: list[int], device) -> Rollouts:
-    """Sample ``group_size`` completions per prompt, score them, and compute group advantages."""
-    G = cfg.group_size
-    rows = [s for s in samples for _ in range(G)]
-    encodings, outs = [], []
-    for sl in micro_batches(len(rows), cfg.micro_batch_size):
-        enc = encode_prompts(processor, rows[sl], [images.images(s) for s in rows[sl]]).to(device)
-        encodings.append(enc)
-        outs.append(generate(model, processor, enc, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                             temperature=cfg.temperature, top_p=cfg.top_p, suppress_ids=suppress))
-    pad = processor.tokenizer.pad_token_id
-    width = max(o.ids.shape[1] for o in outs)
-    ids = torch.cat([F.pad(o.ids, (0, width - o.ids.shape[1]), value=pad) for o in outs])
-    mask = torch.cat([F.pad(o.mask, (0, width - o.mask.shape[1])) for o in outs])
-    texts = [t for o in outs for t in o.texts]
-    truncated = [t for o in outs for t in o.truncated]
-    ids, mask, dropped = sanitize(ids, mask, suppress, pad)
-    parts, total = score(rewards, texts, rows)
-    group_ids = torch.arange(len(samples)).repeat_interleave(G)
-    adv = ADVANTAGES.get(cfg.advantage)(torch.tensor(total, dtype=torch.float64), group_ids).float()
-    lengths = mask.sum(-1).tolist()
-    groups = [
-        Group(sample=s, completions=texts[i * G:(i + 1) * G],
-              rewards={k: v[i * G:(i + 1) * G] for k, v in parts.items()}, total=total[i * G:(i + 1) * G],
-              advantages=adv[i * G:(i + 1) * G].tolist(), truncated=truncated[i * G:(i + 1) * G],
-              lengths=lengths[i * G:(i + 1) * G])
-        for i, s in enumerate(samples)
-    ]
-    return Rollouts(rows, encodings, ids, mask, adv, groups, dropped)
-
-
-def frozen_reference(model, cfg: TrainConfig):
-    """A frozen copy of the starting policy when the KL term needs one (full fine-tuning with beta > 0);
-    ``None`` otherwise (beta = 0 needs no reference; LoRA disables its adapters instead)."""
-    if cfg.grpo.beta > 0 and not cfg.model.lora.enabled:
+def frozen_reference(model, cfg: TrainConfig, needs_reference: bool):
+    """A frozen copy of the starting policy when reference log-probs are needed under full fine-tuning;
+    ``None`` otherwise (no reference needed, or LoRA, whose reference is the adapter-disabled model)."""
+    if needs_reference and not cfg.model.lora.enabled:
         return copy.deepcopy(model).requires_grad_(False).eval()
     return None
 
@@ -121,61 +60,123 @@ def reference_context(model, ref_model):
 
 
 @torch.no_grad()
-def fixed_logprobs(model, ro: Rollouts, cfg: GRPOConfig) -> list[torch.Tensor]:
+def fixed_logprobs(model, ro: Rollouts, chunks, temperature: float) -> list[torch.Tensor]:
     """Log-probs of the rollouts under ``model`` without gradients, one tensor per micro-batch."""
-    out = []
-    for enc, sl in zip(ro.encodings, micro_batches(len(ro.samples), cfg.micro_batch_size)):
-        out.append(token_logprobs(model, enc, ro.ids[sl], ro.mask[sl], cfg.temperature))
-    return out
+    return [token_logprobs(model, enc, ro.ids[sl], ro.mask[sl], temperature) for sl, enc in chunks]
 
 
-def optimise(model, ro: Rollouts, cfg: GRPOConfig, optimizer, scheduler, accelerator, ref_logps) -> dict:
+def reference_logprobs(policy, ref_model, ro: Rollouts, chunks, temperature: float) -> list[torch.Tensor]:
+    """Log-probs of the rollouts under the reference policy (adapters off under LoRA, else the frozen copy)."""
+    ref, ctx_mgr = reference_context(policy, ref_model)
+    with ctx_mgr:
+        return fixed_logprobs(ref, ro, chunks, temperature)
+
+
+def kl_penalty(policy, ref_model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm) -> torch.Tensor:
+    """``-sum_t KL_t`` per completion under the sampling policy: the reward term of ``kl_in: reward``."""
+    ref_logps = reference_logprobs(policy, ref_model, ro, chunks, g.temperature)
+    logps = fixed_logprobs(policy, ro, chunks, g.temperature)
+    per_row = [(algo.kl(lp, ref) * ro.mask[sl].to(lp.device)).sum(-1).cpu()
+               for (sl, _), lp, ref in zip(chunks, logps, ref_logps)]
+    return -torch.cat(per_row).double()
+
+
+def collect(policy, processor, prompts, train_set, images, rewards, g: GRPOConfig, algo: Algorithm,
+            suppress, accelerator) -> Rollouts:
+    """Draw this step's prompts (this rank's share) and sample, score and filter their groups.
+
+    ``rollout: reinforce_ada`` samples adaptively per prompt; ``dynamic_sampling: refill`` draws further prompts
+    while too few groups have varied rewards (the decision is taken over all ranks, so they stay in step).
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    sampling = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                    micro_batch_size=g.micro_batch_size, suppress=suppress, device=accelerator.device)
+
+    drawn: list[int] = []  # this rank's dataset indices; group id k is drawn[k]
+
+    def sample(count: int) -> Rollouts:
+        mine = prompts.draw(count)[rank::world]
+        first = len(drawn)
+        drawn.extend(mine)
+        draw = lambda batch, n, ids: sample_groups(policy, processor, batch, n, ids, images, rewards, **sampling)
+        return algo.rollout(draw, [train_set[i] for i in mine], g.group_size, first)
+
+    parts = [sample(g.prompts_per_step)]
+    informative = sampling_lib.informative_groups(parts[0].total, parts[0].group_ids)
+    for _ in range(g.max_refill_rounds if g.dynamic_sampling == "refill" else 0):
+        found = int(accelerator.reduce(torch.tensor(len(informative), device=accelerator.device), "sum"))
+        if found >= g.prompts_per_step:
+            break
+        parts.append(sample(-(-(g.prompts_per_step - found) // world) * world))
+        informative += sampling_lib.informative_groups(parts[-1].total, parts[-1].group_ids)
+    ro = concat(parts)
+    ro.weight = sampling_lib.row_weights(ro.group_ids, ro.truncated, informative, g.dynamic_sampling,
+                                         g.overlong_filter, limit=g.prompts_per_step // world)
+    outcomes = [(index, ro.total[ro.group_ids == k].tolist(), [ro.texts[i] for i in (ro.group_ids == k).nonzero()])
+                for k, index in enumerate(drawn)]
+    prompts.update([o for part in gather_object([outcomes]) for o in part] if world > 1 else outcomes)
+    return ro
+
+
+def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimizer, scheduler, accelerator,
+             ref_logps, number_ids: torch.Tensor) -> dict:
     """``mu`` epochs over the step's rollouts; one optimizer step per epoch, gradients accumulated over
     micro-batches (aggregation uses batch-wide token/sequence counts, so accumulation is exact)."""
-    policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
-    aggregate = AGGREGATIONS.get(cfg.loss_agg)
-    kl_fn = KL_ESTIMATORS.get(cfg.kl_estimator)
-    slices = micro_batches(len(ro.samples), cfg.micro_batch_size)
-    old_logps = fixed_logprobs(model, ro, cfg) if cfg.mu > 1 else None
-    n_tokens, n_seqs, max_len = int(ro.mask.sum()), len(ro.samples), cfg.max_new_tokens
+    device = accelerator.device
+    old_logps = fixed_logprobs(model, ro, chunks, g.temperature) if g.mu > 1 else None
+    loss_mask = ro.mask * ro.weight[:, None].to(ro.mask.dtype)
+    n_tokens, n_seqs = int(loss_mask.sum()), int((ro.weight > 0).sum())
+    group_mean = group_stats(ro.total, ro.group_ids)[0].float()
+    positive_len = positive_lengths(ro.mask.sum(-1), ro.advantages, ro.group_ids)
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
-    for _ in range(cfg.mu):
-        for k, (enc, sl) in enumerate(zip(ro.encodings, slices)):
-            mask = ro.mask[sl].to(accelerator.device)
-            logp = token_logprobs(model, enc, ro.ids[sl], mask, cfg.temperature)
-            old = old_logps[k] if old_logps is not None else logp.detach()
-            adv = ro.advantages[sl].to(logp.device)
-            tok_loss = policy_loss(logp, old, adv, cfg.epsilon_low, cfg.epsilon_high)
-            if ref_logps is not None:
-                kl = kl_fn(logp, ref_logps[k])
-                tok_loss = tok_loss + cfg.beta * kl
-                totals["kl"] += float((kl.detach() * mask).sum()) / max(n_tokens, 1) / cfg.mu
-            loss = aggregate(tok_loss, mask, n_tokens, n_seqs, max_len)
-            accelerator.backward(loss)
-            ratio = torch.exp(logp.detach() - old)
-            clipped = ((ratio < 1 - cfg.epsilon_low) | (ratio > 1 + cfg.epsilon_high)).float()
-            totals["clip_frac"] += float((clipped * mask).sum()) / max(n_tokens, 1) / cfg.mu
-            totals["loss"] += float(loss.detach()) / cfg.mu
-        if cfg.max_grad_norm > 0:
-            totals["grad_norm"] += float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)) / cfg.mu
+    for _ in range(g.mu):
+        for k, (sl, enc) in enumerate(chunks):
+            mask = loss_mask[sl].to(device)
+            sync = accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext()
+            with sync:
+                log_dist = token_distributions(model, enc, ro.ids[sl], mask, g.temperature)
+                logp = gather_logprobs(log_dist, ro.ids[sl], mask)
+                batch = PolicyBatch(
+                    logp=logp, old_logp=old_logps[k] if old_logps is not None else logp.detach(),
+                    advantages=ro.advantages[sl].to(device), mask=mask, rewards=ro.total[sl].float().to(device),
+                    group_mean=group_mean[sl].to(device), positive_len=positive_len[sl].to(device),
+                    ref_logp=ref_logps[k] if ref_logps is not None else None)
+                terms = algo.policy_loss(batch)
+                tok_loss = terms.loss * algo.token_weight(TokenBatch(
+                    ids=ro.ids[sl].to(device), mask=mask, group_ids=ro.group_ids[sl].to(device),
+                    number_mask=torch.isin(ro.ids[sl], number_ids).to(device),
+                    entropy=entropy(log_dist, mask) if algo.needs_entropy else None,
+                    log_dist=log_dist.detach() if algo.needs_distributions else None))
+                if ref_logps is not None and g.kl_in == "loss":
+                    kl = algo.kl(logp, ref_logps[k])
+                    tok_loss = tok_loss + g.beta * kl
+                    totals["kl"] += float((kl.detach() * mask).sum()) / max(n_tokens, 1) / g.mu
+                loss = algo.aggregate(tok_loss, mask, n_tokens, n_seqs, g.max_new_tokens)
+                accelerator.backward(loss)
+            if terms.clipped is not None:
+                totals["clip_frac"] += float((terms.clipped.float() * mask).sum()) / max(n_tokens, 1) / g.mu
+            totals["loss"] += float(loss.detach()) / g.mu
+        if g.max_grad_norm > 0:
+            totals["grad_norm"] += float(accelerator.clip_grad_norm_(model.parameters(), g.max_grad_norm)) / g.mu
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return totals
 
 
-def step_metrics(ro: Rollouts, opt: dict, accelerator, lr: float, seconds: float) -> dict[str, float]:
+def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, seconds: float) -> dict[str, float]:
     """Reward, length and loss statistics of one step, reduced over processes."""
-    totals = torch.tensor([v for g in ro.groups for v in g.total], dtype=torch.float64, device=accelerator.device)
-    totals = accelerator.gather(totals)
-    lengths = accelerator.gather(ro.mask.sum(-1).double().to(accelerator.device))
+    gather = lambda t: accelerator.gather(t.double().to(accelerator.device))  # noqa: E731
+    totals, lengths = gather(ro.total), gather(ro.mask.sum(-1))
     metrics = {"reward/mean": totals.mean().item(), "reward/std": totals.std().item() if len(totals) > 1 else 0.0,
                "completion_len/mean": lengths.mean().item()}
-    for name in ro.groups[0].rewards:
-        values = torch.tensor([v for g in ro.groups for v in g.rewards[name]], device=accelerator.device)
-        metrics[f"reward/{name}"] = accelerator.gather(values.double()).mean().item()
-    trunc = torch.tensor([float(t) for g in ro.groups for t in g.truncated], device=accelerator.device)
-    metrics["truncated/frac"] = accelerator.gather(trunc.double()).mean().item()
+    for name, values in {**ro.components, **ro.extra}.items():
+        metrics[f"reward/{name}"] = gather(values).mean().item()
+    metrics["truncated/frac"] = gather(ro.truncated).mean().item()
+    metrics["trained/frac"] = gather(ro.weight).mean().item()
+    metrics["rollouts/trained"] = float(len(totals))
+    metrics["rollouts/sampled"] = accelerator.reduce(torch.tensor(float(sampled), device=accelerator.device),
+                                                     "sum").item()
     local = torch.tensor([opt["loss"], opt["kl"], opt["clip_frac"], float(ro.dropped_placeholders)],
                          device=accelerator.device)
     loss, kl, clip, dropped = accelerator.reduce(local, reduction="mean").tolist()
@@ -219,6 +220,8 @@ def cold_start_model(cfg: TrainConfig, task, train_set, images, run: RunDir, acc
 
 def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Run the whole recipe described in the module docstring; returns the summary dict."""
+    g = cfg.grpo
+    algo = build_algorithm(g)  # unknown names and hyperparameters fail here, before any work
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     claim_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, delete=accelerator.is_main_process)
@@ -243,22 +246,26 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         start_path = str(run.root / "sft_model") if (run.root / "sft_model").is_dir() else resolved
     model, processor, _ = load_policy(replace(cfg.model, path=start_path))
     suppress = placeholder_ids(processor.tokenizer)
+    number_ids = number_token_ids(processor.tokenizer)
     before = run.read_json("eval_before.json") if resume_from else None
     if before is None and cfg.eval.before_and_after:
         before = run_eval(task, model, processor, eval_set, images, cfg, suppress, accelerator, "eval before RL")
         run.write_json("eval_before.json", before)
 
-    # 2. RL setup: reference policy, optimizer, schedule, resume.
-    g = cfg.grpo
-    world, rank = accelerator.num_processes, accelerator.process_index
+    # 2. RL setup: reference policy, optimizer, schedule, prompt sampler, resume.
+    world = accelerator.num_processes
     if g.prompts_per_step % world:
         raise ConfigError(f"grpo.prompts_per_step={g.prompts_per_step} must be divisible by {world} processes")
-    ref_model = frozen_reference(model, cfg)
+    ref_model = frozen_reference(model, cfg, g.beta > 0 or algo.needs_reference)
     optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps, g.steps * g.mu, g.lr_schedule)
     model, optimizer = accelerator.prepare(model, optimizer)
+    prompts = algo.prompt_sampler(len(train_set), cfg.seed)
+    advantage_state: dict = {}
     start = 0
     if resume_from is not None:
-        start = checkpoint.load(resume_from, model, optimizer, scheduler, accelerator)["step"]
+        state = checkpoint.load(resume_from, model, optimizer, scheduler, accelerator)
+        start, advantage_state = state["step"], state["advantage_state"]
+        prompts.load_state_dict(state["prompt_sampler"])
         run.truncate_metrics(start)
 
     # 3. The RL loop.
@@ -267,31 +274,43 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
                disable=not (cfg.progress and accelerator.is_main_process))
     for step in bar:
         t0 = time.perf_counter()
-        rows = indices_for_step(len(train_set), step, g.prompts_per_step, cfg.seed)[rank::world]
         policy = accelerator.unwrap_model(model)
         policy.eval()
-        ro = rollout(policy, processor, [train_set[i] for i in rows], images, rewards, g, suppress,
-                     accelerator.device)
+        ro = collect(policy, processor, prompts, train_set, images, rewards, g, algo, suppress, accelerator)
         policy.train()
+        components = dict(ro.components)
+        if g.beta > 0 and g.kl_in == "reward":
+            ro.extra["kl_penalty"] = components["kl_penalty"] = kl_penalty(
+                policy, ref_model, ro, ro.chunks(processor, images, g.micro_batch_size, accelerator.device), g, algo)
+        weights = {**{name: w for name, (_, w) in rewards.items()}, "kl_penalty": g.beta}
+        ro.advantages = compute_advantages(components, weights, ro.group_ids, algo.advantage, g.reward_combine,
+                                           advantage_state).float()
+        sampled = len(ro)
+        if ro.keep is not None:  # Reinforce-Ada: train on the chosen groups, after all samples set the baseline
+            ro = ro.subset(ro.keep.nonzero().flatten())
+        chunks = ro.chunks(processor, images, g.micro_batch_size, accelerator.device)
         ref_logps = None
-        if g.beta > 0:
-            ref, ctx_mgr = reference_context(policy, ref_model)
-            with ctx_mgr:
-                ref_logps = fixed_logprobs(ref, ro, g)
-        opt = optimise(model, ro, g, optimizer, scheduler, accelerator, ref_logps)
-        metrics = step_metrics(ro, opt, accelerator, scheduler.get_last_lr()[0], time.perf_counter() - t0)
+        if (g.beta > 0 and g.kl_in == "loss") or algo.needs_reference:
+            ref_logps = reference_logprobs(policy, ref_model, ro, chunks, g.temperature)
+        opt = optimise(model, ro, chunks, g, algo, optimizer, scheduler, accelerator, ref_logps, number_ids)
+        metrics = step_metrics(ro, sampled, opt, accelerator, scheduler.get_last_lr()[0], time.perf_counter() - t0)
         run.log_metrics(step + 1, metrics)
         if cfg.log_rollouts:
-            run.log_rollouts(step + 1, gather_object(ro.groups) if world > 1 else ro.groups)
+            groups = to_groups(ro)
+            run.log_rollouts(step + 1, [x for part in gather_object([groups]) for x in part] if world > 1 else groups)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == g.steps:
-            checkpoint.save(run.root, step + 1, model, optimizer, scheduler, {"step": step + 1}, accelerator,
+            trainer_state = {"step": step + 1, "advantage_state": advantage_state,
+                             "prompt_sampler": prompts.state_dict()}
+            checkpoint.save(run.root, step + 1, model, optimizer, scheduler, trainer_state, accelerator,
                             keep=cfg.keep_checkpoints)
         if on_step is not None:
             on_step(step + 1)
 
     # 4. Final evaluation, model and summary.
-    after = run_eval(task, model, processor, eval_set, images, cfg, suppress, accelerator, "eval after RL")
+    after = None
+    if cfg.eval.before_and_after:
+        after = run_eval(task, model, processor, eval_set, images, cfg, suppress, accelerator, "eval after RL")
     summary = {"task": cfg.task, "steps": g.steps, "before": before, "after": after,
                "model": str(Path(start_path)), "output_dir": str(run.root)}
     return finish(run, accelerator.unwrap_model(model), processor, accelerator, summary)

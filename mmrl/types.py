@@ -36,6 +36,8 @@ class Group:
     advantages: list[float]
     truncated: list[bool]
     lengths: list[int]
+    trained: list[bool]
+    """Whether each completion entered the loss (False when dynamic sampling or overlong filtering removed it)."""
 
 
 @dataclass(frozen=True)

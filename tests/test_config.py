@@ -135,7 +135,7 @@ def test_unknown_nested_key_names_full_path_and_valid_keys():
         load_config(TrainConfig, None, ["grpo.lrr=1"])
     msg = str(e.value)
     assert "'grpo.lrr'" in msg
-    for key in ("lr", "steps", "group_size", "epsilon_high", "loss_agg"):
+    for key in ("lr", "steps", "group_size", "loss_args", "loss_agg"):
         assert key in msg
     assert "output_dir" not in msg  # the valid keys listed are grpo's, not the top level's
 

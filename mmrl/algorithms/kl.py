@@ -26,3 +26,11 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """``exp(ref - logp) - (ref - logp) - 1`` (unbiased, non-negative; GRPO's choice)."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1
+
+
+@KL_ESTIMATORS.register("low_var_kl")
+def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """verl's ``low_var_kl``: k3 with the log-ratio clamped to [-20, 20] and the result to [-10, 10], so one token
+    whose reference log-prob collapsed cannot dominate the loss."""
+    d = (ref_logp - logp).clamp(-20.0, 20.0)
+    return (torch.exp(d) - d - 1).clamp(-10.0, 10.0)

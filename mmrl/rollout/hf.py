@@ -101,11 +101,11 @@ def sanitize(ids: torch.Tensor, mask: torch.Tensor, forbidden: list[int], pad_id
     return ids.masked_fill(bad, pad_id), mask.masked_fill(bad, 0), int(bad.sum())
 
 
-def token_logprobs(model, batch, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log pi(y_t | prompt, y_<t)`` for each completion token, shape ``[B, T]`` (0 where ``mask`` is 0).
+def token_distributions(model, batch, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log pi(. | prompt, y_<t)`` over the vocabulary at each completion position, shape ``[B, T, V]``.
 
-    Logits are divided by the sampling ``temperature`` so the log-probs are those of the distribution the
-    completions were drawn from. Only the last ``T + 1`` positions' logits are materialised.
+    Logits are divided by the sampling ``temperature`` so the distributions are those the completions were drawn
+    from. Only the last ``T + 1`` positions' logits are materialised.
     """
     device = batch["input_ids"].device
     ids, mask = ids.to(device), mask.to(device)
@@ -116,5 +116,15 @@ def token_logprobs(model, batch, ids: torch.Tensor, mask: torch.Tensor, temperat
         if key in inputs:
             inputs[key] = torch.cat([inputs[key], torch.zeros_like(ids)], dim=1)
     logits = model(**inputs, use_cache=False, logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def gather_logprobs(log_dist: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sampled tokens' log-probs ``[B, T]`` from ``token_distributions`` (0 where ``mask`` is 0)."""
+    ids, mask = ids.to(log_dist.device), mask.to(log_dist.device)
+    return log_dist.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+
+
+def token_logprobs(model, batch, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log pi(y_t | prompt, y_<t)`` for each completion token, shape ``[B, T]`` (0 where ``mask`` is 0)."""
+    return gather_logprobs(token_distributions(model, batch, ids, mask, temperature), ids, mask)

@@ -32,25 +32,25 @@ def ids(*values):
 def test_grpo_one_group():
     # mean = 2/4 = 0.5; deviations ±0.5; unbiased var = 4 * 0.25 / (4 - 1) = 1/3; std = sqrt(1/3) = 0.57735.
     # A = ±0.5 / 0.57735 = ±0.86603 (eps = 1e-6 moves the 6th decimal at most).
-    adv = grpo(t(1, 0, 0, 1), ids(0, 0, 0, 0))
+    adv = grpo(t(1, 0, 0, 1), ids(0, 0, 0, 0), {})
     assert torch.allclose(adv, t(0.86603, -0.86603, -0.86603, 0.86603), atol=1e-5)
 
 
 def test_grpo_uses_unbiased_std_not_population_std():
     # With the population std (0.5) the advantages would be ±1.0, not ±0.866.
-    adv = grpo(t(1, 0, 0, 1), ids(0, 0, 0, 0))
+    adv = grpo(t(1, 0, 0, 1), ids(0, 0, 0, 0), {})
     assert not torch.allclose(adv.abs(), torch.ones(4), atol=1e-2)
 
 
 def test_grpo_two_interleaved_groups():
     # Group 5: rewards 1, 2, 3 -> mean 2, unbiased var = (1 + 0 + 1) / 2 = 1 -> A = -1, 0, +1.
     # Group 2: rewards 0, 4 -> mean 2, unbiased var = (4 + 4) / 1 = 8, std = 2.8284 -> A = ∓2/2.8284 = ∓0.70711.
-    adv = grpo(t(1, 0, 2, 4, 3), ids(5, 2, 5, 2, 5))
+    adv = grpo(t(1, 0, 2, 4, 3), ids(5, 2, 5, 2, 5), {})
     assert torch.allclose(adv, t(-1.0, -0.70711, 0.0, 0.70711, 1.0), atol=1e-5)
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 0.3, 0.7, 2.2])
-@pytest.mark.parametrize("size", [1, 2, 7, 8, 16])
+@pytest.mark.parametrize("size", [2, 7, 8, 16])
 def test_constant_group_has_zero_advantage(value, size):
     # mean = value, r - mean = 0, std = 0: A = 0 / (0 + eps) = 0 exactly, never NaN. Values such as 0.7 are not
     # exact in float32; a float32 mean of eight of them misses by an ulp, which (r - mean)/(std + eps) would blow
@@ -58,53 +58,46 @@ def test_constant_group_has_zero_advantage(value, size):
     rewards = torch.full((size,), value)
     groups = torch.zeros(size, dtype=torch.long)
     for fn in (grpo, dr_grpo, rloo):
-        adv = fn(rewards, groups)
+        adv = fn(rewards, groups, {})
         assert not torch.isnan(adv).any()
         assert torch.equal(adv, torch.zeros(size)), (fn.__name__, adv)
 
 
 def test_constant_group_next_to_a_varying_group():
     # Group 0 constant (0.5, 0.5) -> 0, 0. Group 1: 0, 1 -> mean 0.5, std = sqrt(0.5) = 0.70711 -> ∓0.70711.
-    adv = grpo(t(0.5, 0, 0.5, 1), ids(0, 1, 0, 1))
+    adv = grpo(t(0.5, 0, 0.5, 1), ids(0, 1, 0, 1), {})
     assert torch.allclose(adv, t(0, -0.70711, 0, 0.70711), atol=1e-5)
 
 
 def test_advantages_keep_dtype():
-    assert grpo(t(1, 0, dtype=torch.float64), ids(0, 0)).dtype == torch.float64
-    assert grpo(t(1, 0), ids(0, 0)).dtype == torch.float32
+    assert grpo(t(1, 0, dtype=torch.float64), ids(0, 0), {}).dtype == torch.float64
+    assert grpo(t(1, 0), ids(0, 0), {}).dtype == torch.float32
 
 
 def test_dr_grpo_drops_the_std():
     # Group 0: 1, 0, 0, 1 -> mean 0.5 -> ±0.5. Group 1: 3, 7 -> mean 5 -> -2, +2 (GRPO would give ∓0.70711).
-    adv = dr_grpo(t(1, 0, 0, 1, 3, 7), ids(0, 0, 0, 0, 1, 1))
+    adv = dr_grpo(t(1, 0, 0, 1, 3, 7), ids(0, 0, 0, 0, 1, 1), {})
     assert torch.allclose(adv, t(0.5, -0.5, -0.5, 0.5, -2, 2), atol=1e-6)
 
 
 def test_rloo_subtracts_the_mean_of_the_others():
     # Group 0: 3, 1, 2. 3 - (1+2)/2 = 1.5; 1 - (3+2)/2 = -1.5; 2 - (3+1)/2 = 0.
     # Group 1: 1, 0, 0, 1. 1 - (0+0+1)/3 = 0.66667; 0 - (1+0+1)/3 = -0.66667.
-    # Group 2: a single sample has no others -> 0.
-    adv = rloo(t(3, 1, 1, 0, 2, 0, 1, 9), ids(0, 0, 1, 1, 0, 1, 1, 2))
-    expected = t(1.5, -1.5, 0.66667, -0.66667, 0.0, -0.66667, 0.66667, 0.0)
+    adv = rloo(t(3, 1, 1, 0, 2, 0, 1), ids(0, 0, 1, 1, 0, 1, 1), {})
+    expected = t(1.5, -1.5, 0.66667, -0.66667, 0.0, -0.66667, 0.66667)
     assert torch.allclose(adv, expected, atol=1e-5)
-
-
-def test_group_of_one_gets_zero_grpo_advantage():
-    # std of a single sample is defined as 0, r - mean = 0 -> 0 (not NaN from an unbiased std with n - 1 = 0).
-    adv = grpo(t(0.25, 1, 0), ids(4, 9, 9))
-    assert torch.allclose(adv, t(0, 0.70711, -0.70711), atol=1e-5)
 
 
 # ---------------------------------------------------------------- PPO clip
 
 
-def test_ppo_clip_asymmetric_bounds():
+def test_ppo_clip_asymmetric_bounds(make_batch):
     eps_low, eps_high = 0.2, 0.28  # ratio clipped to [0.8, 1.28]
     ratios = t(1.1, 1.25, 1.5, 0.85, 0.5)
     logp = torch.log(ratios).repeat(2, 1).requires_grad_()
     old = torch.zeros(2, 5)
     adv = t(2.0, -2.0)
-    loss = ppo_clip(logp, old, adv, eps_low, eps_high)
+    loss, clipped = ppo_clip(make_batch(logp, old, adv), eps_low=eps_low, eps_high=eps_high)
     expected = torch.tensor(
         [
             # A = +2: -min(rho*A, clip(rho)*A)
@@ -124,16 +117,18 @@ def test_ppo_clip_asymmetric_bounds():
         ]
     )
     assert torch.allclose(loss, expected, atol=1e-5)
+    # Exactly the tokens whose clipped branch is active have zero gradient.
+    assert clipped.tolist() == [[False, False, True, False, False], [False, False, False, False, True]]
     # d/dlogp of -rho*A is -rho*A (rho = e^(logp - old)); a clipped token has zero gradient.
     loss.sum().backward()
     expected_grad = torch.tensor([[-2.2, -2.5, 0.0, -1.7, -1.0], [2.2, 2.5, 3.0, 1.7, 0.0]])
     assert torch.allclose(logp.grad, expected_grad, atol=1e-5)
 
 
-def test_ppo_clip_at_ratio_one_is_minus_advantage():
+def test_ppo_clip_at_ratio_one_is_minus_advantage(make_batch):
     # On-policy (mu = 1): rho = 1, loss = -A for every token; the gradient is -A too.
     logp = torch.full((2, 3), -1.7, requires_grad=True)
-    loss = ppo_clip(logp, logp.detach(), t(0.5, -3.0), 0.2, 0.2)
+    loss = ppo_clip(make_batch(logp, logp.detach(), t(0.5, -3.0))).loss
     assert torch.allclose(loss, t(-0.5, 3.0)[:, None].expand(2, 3))
     loss.sum().backward()
     assert torch.allclose(logp.grad, t(-0.5, 3.0)[:, None].expand(2, 3))
@@ -256,3 +251,57 @@ def test_registry_rejects_a_duplicate_name():
     reg.register("a")(lambda: 1)
     with pytest.raises(ValueError, match="'a'"):
         reg.register("a")(lambda: 2)
+
+
+# ---------------------------------------------------------------- names and hyperparameters from YAML
+
+
+def _yaml_config(tmp_path, text: str):
+    from mmrl.config import TrainConfig, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return load_config(TrainConfig, path)
+
+
+@pytest.mark.parametrize(("key", "registry"), [("advantage", ADVANTAGES), ("policy_loss", POLICY_LOSSES),
+                                                ("kl_estimator", KL_ESTIMATORS), ("loss_agg", AGGREGATIONS)])
+def test_every_registered_name_is_selectable_from_yaml(tmp_path, key, registry):
+    from mmrl.algorithms import build_algorithm
+
+    for name in registry.names():
+        cfg = _yaml_config(tmp_path, f"grpo:\n  {key}: {name}\n")
+        build_algorithm(cfg.grpo)  # binds every function: raises on an unusable name
+    cfg = _yaml_config(tmp_path, f"grpo:\n  {key}: nope\n")
+    with pytest.raises(ConfigError) as e:
+        build_algorithm(cfg.grpo)
+    for name in registry.names():
+        assert name in str(e.value)
+
+
+def test_hyperparameters_from_yaml_are_checked(tmp_path):
+    from mmrl.algorithms import build_algorithm
+
+    cfg = _yaml_config(tmp_path, "grpo:\n  policy_loss: ppo_clip\n  loss_args: {eps_low: 0.1, dual_clip: 3}\n")
+    fn = build_algorithm(cfg.grpo).policy_loss
+    assert fn.keywords == {"eps_low": 0.1, "dual_clip": 3.0}
+    cfg = _yaml_config(tmp_path, "grpo:\n  loss_args: {eps_lo: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"'grpo.loss_args.eps_lo'.*valid: eps_low, eps_high, dual_clip"):
+        build_algorithm(cfg.grpo)
+    cfg = _yaml_config(tmp_path, "grpo:\n  advantage: tempsamp\n  advantage_args: {tau: high}\n")
+    with pytest.raises(ConfigError, match="grpo.advantage_args.tau"):
+        build_algorithm(cfg.grpo)
+
+
+@pytest.mark.parametrize(("yaml", "message"), [
+    ("grpo:\n  group_size: 1\n", "grpo.group_size"),
+    ("grpo:\n  kl_in: both\n", "grpo.kl_in"),
+    ("grpo:\n  dynamic_sampling: maybe\n", "grpo.dynamic_sampling"),
+    ("grpo:\n  token_weights: {tw_grpo: {}}\n  group_size: 4\n  micro_batch_size: 6\n", "multiple of grpo.group_size"),
+    ("grpo:\n  rollout: reinforce_ada\n  kl_in: reward\n  beta: 0.1\n", "reinforce_ada"),
+])
+def test_inconsistent_settings_are_rejected(tmp_path, yaml, message):
+    from mmrl.algorithms import build_algorithm
+
+    with pytest.raises(ConfigError, match=message):
+        build_algorithm(_yaml_config(tmp_path, yaml).grpo)

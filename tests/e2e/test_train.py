@@ -53,9 +53,15 @@ class Stop(Exception):
     pass
 
 
-def test_resume_after_a_crash_gives_identical_weights(tiny_run, tmp_path):
-    """N = 4 steps straight vs. killed after step 3 (last checkpoint: step 2) and resumed: bit-identical."""
-    common = ["grpo.steps=4", "save_every=2", "grpo.mu=2", "grpo.beta=0.04", "grpo.lr=1e-3"]
+STATEFUL = ["grpo.prompt_sampler=vas", "grpo.dynamic_sampling=refill", "grpo.advantage=bnpo",
+            "grpo.advantage_args={momentum: 0.5}"]
+
+
+@pytest.mark.parametrize("extra", [[], STATEFUL], ids=["grpo", "stateful-sampler-and-advantage"])
+def test_resume_after_a_crash_gives_identical_weights(tiny_run, tmp_path, extra):
+    """N = 4 steps straight vs. killed after step 3 (last checkpoint: step 2) and resumed: bit-identical. The
+    second case also restores the Variance-Aware Sampling scores, the refill data position and BNPO's state."""
+    common = ["grpo.steps=4", "save_every=2", "grpo.mu=2", "grpo.beta=0.04", "grpo.lr=1e-3"] + extra
     straight = [o for o in tiny_run if not o.startswith("output_dir")] + [f"output_dir={tmp_path / 'a'}"]
     crashed = [o for o in tiny_run if not o.startswith("output_dir")] + [f"output_dir={tmp_path / 'b'}"]
     run(straight + common)

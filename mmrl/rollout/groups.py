@@ -1,0 +1,164 @@
+"""Groups of sampled completions: generation, scoring, and the row bookkeeping the trainer needs.
+
+A ``Rollouts`` holds ``N`` completion rows; rows with the same ``group_ids`` value are completions of the same
+prompt. Prompt encodings are kept per micro-batch from generation and reused by the log-prob passes; a
+subset of rows (Reinforce-Ada keeping a balanced group) is encoded again on demand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mmrl.data import ImageCache
+from mmrl.errors import ConfigError
+from mmrl.rollout.hf import encode_prompts, generate, sanitize
+from mmrl.types import Group, Sample
+
+
+@dataclass
+class Rollouts:
+    """``N`` completion rows, row-aligned: ``samples[i]`` produced ``ids[i]``."""
+
+    samples: list[Sample]
+    group_ids: torch.Tensor
+    """[N] prompt index of each row (unique within a step)."""
+    ids: torch.Tensor
+    """[N, T] completion tokens (pad after EOS)."""
+    mask: torch.Tensor
+    """[N, T] 1 on completion tokens."""
+    texts: list[str]
+    truncated: torch.Tensor
+    """[N] bool: no EOS within max_new_tokens."""
+    components: dict[str, torch.Tensor]
+    """Reward component name -> [N] values."""
+    total: torch.Tensor
+    """[N] weighted sum of the components."""
+    pad_id: int = 0
+    """Token that fills ``ids`` after each completion's end."""
+    dropped_placeholders: int = 0
+    encodings: list[tuple[slice, object]] | None = None
+    """(row slice, processor output) per micro-batch, or None to encode on demand."""
+    advantages: torch.Tensor | None = None
+    """[N] set by the trainer."""
+    weight: torch.Tensor | None = None
+    """[N] 1 for rows that enter the loss, 0 for rows filtered out (dynamic sampling, overlong filtering)."""
+    keep: torch.Tensor | None = None
+    """[N] bool, rows that form the training batch once advantages are computed (None: all). Reinforce-Ada
+    samples more completions than it trains on; the rest only inform the advantage statistics."""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Further per-row values (e.g. the KL penalty put in the reward)."""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def chunks(self, processor, images: ImageCache, size: int, device) -> list[tuple[slice, object]]:
+        """(row slice, prompt encoding) per micro-batch, encoding once when the generation's are unusable."""
+        if self.encodings is None:
+            self.encodings = []
+            for sl in slices(len(self), size):
+                rows = self.samples[sl]
+                self.encodings.append((sl, encode_prompts(processor, rows, [images.images(s) for s in rows]).to(device)))
+        return self.encodings
+
+    def subset(self, rows: torch.Tensor) -> Rollouts:
+        """The given rows (their prompts are encoded again on demand)."""
+        idx = rows.tolist()
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return replace(
+            self, samples=[self.samples[i] for i in idx], group_ids=self.group_ids[rows], ids=self.ids[rows],
+            mask=self.mask[rows], texts=[self.texts[i] for i in idx], truncated=self.truncated[rows],
+            components={k: v[rows] for k, v in self.components.items()}, total=self.total[rows],
+            encodings=None, advantages=pick(self.advantages), weight=pick(self.weight), keep=pick(self.keep),
+            extra={k: v[rows] for k, v in self.extra.items()},
+        )
+
+
+def slices(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _pad_cat(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def concat(parts: list[Rollouts]) -> Rollouts:
+    """Rows of several rollouts in order (encodings dropped: micro-batches no longer line up)."""
+    if len(parts) == 1:
+        return parts[0]
+    pad_id = parts[0].pad_id
+    return Rollouts(
+        samples=[s for p in parts for s in p.samples], group_ids=torch.cat([p.group_ids for p in parts]),
+        ids=_pad_cat([p.ids for p in parts], pad_id), mask=_pad_cat([p.mask for p in parts], 0),
+        texts=[t for p in parts for t in p.texts], truncated=torch.cat([p.truncated for p in parts]),
+        components={k: torch.cat([p.components[k] for p in parts]) for k in parts[0].components},
+        total=torch.cat([p.total for p in parts]), pad_id=pad_id,
+        dropped_placeholders=sum(p.dropped_placeholders for p in parts),
+    )
+
+
+def select_rewards(available: dict, weights: dict[str, float]) -> dict[str, tuple[Callable, float]]:
+    unknown = sorted(set(weights) - set(available))
+    if unknown:
+        raise ConfigError(f"unknown reward '{unknown[0]}' in config key 'rewards'; valid: {', '.join(available)}")
+    return {name: (available[name], w) for name, w in weights.items()}
+
+
+def score(rewards: dict[str, tuple[Callable, float]], completions: list[str], samples: list[Sample]):
+    """Every reward component per completion ([N] float64 tensors) and their weighted sum."""
+    keys = {k for s in samples for k in s.fields}
+    fields = {k: [s.fields.get(k) for s in samples] for k in keys}
+    parts = {name: torch.tensor([float(v) for v in fn(completions, **fields)], dtype=torch.float64)
+             for name, (fn, _) in rewards.items()}
+    total = sum(w * parts[name] for name, (_, w) in rewards.items())
+    return parts, total
+
+
+def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: list[int], images: ImageCache,
+                  rewards, *, micro_batch_size: int, suppress: list[int], device, **sampling) -> Rollouts:
+    """``n`` sampled completions of each prompt, scored; prompt k's rows get group id ``group_ids[k]``.
+
+    ``sampling``: ``max_new_tokens``, ``temperature``, ``top_p`` for ``generate``.
+    """
+    rows = [s for s in prompts for _ in range(n)]
+    encodings, outs = [], []
+    for sl in slices(len(rows), micro_batch_size):
+        enc = encode_prompts(processor, rows[sl], [images.images(s) for s in rows[sl]]).to(device)
+        encodings.append((sl, enc))
+        outs.append(generate(model, processor, enc, do_sample=True, suppress_ids=suppress, **sampling))
+    pad = processor.tokenizer.pad_token_id
+    ids, mask = _pad_cat([o.ids for o in outs], pad), _pad_cat([o.mask for o in outs], 0)
+    ids, mask, dropped = sanitize(ids, mask, suppress, pad)
+    texts = [t for o in outs for t in o.texts]
+    components, total = score(rewards, texts, rows)
+    return Rollouts(
+        samples=rows, group_ids=torch.tensor(group_ids, dtype=torch.long).repeat_interleave(n),
+        ids=ids, mask=mask, texts=texts, truncated=torch.tensor([t for o in outs for t in o.truncated]),
+        components=components, total=total, pad_id=pad, dropped_placeholders=dropped, encodings=encodings,
+    )
+
+
+def to_groups(ro: Rollouts) -> list[Group]:
+    """The rollouts as one ``Group`` record per prompt, for ``rollouts/step_N.jsonl``."""
+    groups = []
+    lengths = ro.mask.sum(-1)
+    for g in _ordered_groups(ro.group_ids):
+        rows = (ro.group_ids == g).nonzero().flatten()
+        pick = lambda t: t[rows].tolist()  # noqa: E731
+        groups.append(Group(
+            sample=ro.samples[int(rows[0])], completions=[ro.texts[i] for i in rows.tolist()],
+            rewards={k: pick(v) for k, v in ro.components.items()}, total=pick(ro.total),
+            advantages=pick(ro.advantages), truncated=pick(ro.truncated), lengths=pick(lengths),
+            trained=[bool(w) for w in pick(ro.weight)],
+        ))
+    return groups
+
+
+def _ordered_groups(group_ids: torch.Tensor) -> list[int]:
+    seen: dict[int, None] = {}
+    for g in group_ids.tolist():
+        seen.setdefault(g, None)
+    return list(seen)

@@ -1,12 +1,14 @@
 """The GRPO-family trainer for VLMs, readable top to bottom.
 
 ``train(cfg)``: load the task's data, cold-start the policy with SFT (optional), evaluate it ("before"), then
-for each RL step: draw prompts, sample G completions each, score them with the weighted rewards, compute
-group advantages, and run ``mu`` epochs of clipped policy-gradient updates (with a KL penalty to the reference
-when beta > 0); log, checkpoint; finally evaluate again ("after") and write ``summary.json``.
+for each RL step: draw prompts, sample completions (G each, or adaptively), score them with the weighted
+rewards, filter groups (dynamic sampling, overlong filtering), compute advantages, and run ``mu`` epochs of
+policy-loss updates (with a KL penalty to the reference when beta > 0); log, checkpoint; finally evaluate again
+("after") and write ``summary.json``.
 
 Variants come from the registries in ``mmrl.algorithms`` by name (advantage estimator, policy loss, KL
-estimator, loss aggregation); the loop never special-cases a name. One process per device; ``accelerate
+estimator, token weights, loss aggregation, prompt sampler, rollout strategy; see docs/algorithms.md); the
+loop never special-cases a name. One process per device; ``accelerate
 launch`` scales it out (each rank takes its share of the prompts, DDP averages the gradients).
 """
 from __future__ import annotations
@@ -112,8 +114,8 @@ def collect(policy, processor, prompts, train_set, images, rewards, g: GRPOConfi
     ro = concat(parts)
     ro.weight = sampling_lib.row_weights(ro.group_ids, ro.truncated, informative, g.dynamic_sampling,
                                          g.overlong_filter, limit=g.prompts_per_step // world)
-    outcomes = [(index, ro.total[ro.group_ids == k].tolist(), [ro.texts[i] for i in (ro.group_ids == k).nonzero()])
-                for k, index in enumerate(drawn)]
+    rows = [(ro.group_ids == k).nonzero().flatten().tolist() for k in range(len(drawn))]
+    outcomes = [(index, ro.total[r].tolist(), [ro.texts[i] for i in r]) for index, r in zip(drawn, rows)]
     prompts.update([o for part in gather_object([outcomes]) for o in part] if world > 1 else outcomes)
     return ro
 
@@ -134,7 +136,7 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
             mask = loss_mask[sl].to(device)
             sync = accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext()
             with sync:
-                log_dist = token_distributions(model, enc, ro.ids[sl], mask, g.temperature)
+                log_dist = token_distributions(model, enc, ro.ids[sl], ro.mask[sl], g.temperature)
                 logp = gather_logprobs(log_dist, ro.ids[sl], mask)
                 batch = PolicyBatch(
                     logp=logp, old_logp=old_logps[k] if old_logps is not None else logp.detach(),

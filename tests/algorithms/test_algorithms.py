@@ -264,15 +264,30 @@ def _yaml_config(tmp_path, text: str):
     return load_config(TrainConfig, path)
 
 
-@pytest.mark.parametrize(("key", "registry"), [("advantage", ADVANTAGES), ("policy_loss", POLICY_LOSSES),
-                                                ("kl_estimator", KL_ESTIMATORS), ("loss_agg", AGGREGATIONS)])
+def _registries():
+    from mmrl.algorithms import PROMPT_SAMPLERS, ROLLOUTS, TOKEN_WEIGHTS
+
+    return [("advantage", ADVANTAGES), ("policy_loss", POLICY_LOSSES), ("kl_estimator", KL_ESTIMATORS),
+            ("loss_agg", AGGREGATIONS), ("prompt_sampler", PROMPT_SAMPLERS), ("rollout", ROLLOUTS),
+            ("token_weights", TOKEN_WEIGHTS)]
+
+
+def _setting(key: str, name: str) -> str:
+    return f"{key}: {{{name}: {{}}}}" if key == "token_weights" else f"{key}: {name}"
+
+
+@pytest.mark.parametrize(("key", "registry"), _registries(), ids=[k for k, _ in _registries()])
 def test_every_registered_name_is_selectable_from_yaml(tmp_path, key, registry):
     from mmrl.algorithms import build_algorithm
 
     for name in registry.names():
-        cfg = _yaml_config(tmp_path, f"grpo:\n  {key}: {name}\n")
-        build_algorithm(cfg.grpo)  # binds every function: raises on an unusable name
-    cfg = _yaml_config(tmp_path, f"grpo:\n  {key}: nope\n")
+        cfg = _yaml_config(tmp_path, f"grpo:\n  {_setting(key, name)}\n")
+        algo = build_algorithm(cfg.grpo)
+        bound = {"advantage": algo.advantage, "policy_loss": algo.policy_loss, "kl_estimator": algo.kl,
+                 "loss_agg": algo.aggregate, "prompt_sampler": algo.prompt_sampler, "rollout": algo.rollout,
+                 "token_weights": algo.token_weights[0] if algo.token_weights else None}[key]
+        assert bound.func is registry.get(name)
+    cfg = _yaml_config(tmp_path, f"grpo:\n  {_setting(key, 'nope')}\n")
     with pytest.raises(ConfigError) as e:
         build_algorithm(cfg.grpo)
     for name in registry.names():

@@ -286,3 +286,24 @@ def test_asymre(toy):
     assert loss.item() == pytest.approx(-0.018333, abs=1e-6)
     assert logp.grad[0, :2].tolist() == pytest.approx([-0.05, -0.05])
     assert logp.grad[1, :4].tolist() == pytest.approx([0.033333] * 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", POLICY_LOSSES.names())
+def test_all_masked_sequence_contributes_nothing(make_batch, name):
+    # Row 1 has no completion tokens (e.g. every token was a dropped placeholder): its loss and gradient must be
+    # exactly 0 after masking, and nothing may turn NaN (GSPO's and TOPR's sequence ratios divide/sum over tokens).
+    from mmrl.algorithms.aggregation import seq_mean_token_mean, token_mean
+
+    g = torch.Generator().manual_seed(2)
+    logp = (torch.randn(2, 4, generator=g) - 1).requires_grad_()
+    old = logp.detach() + 0.1 * torch.randn(2, 4, generator=g)
+    mask = torch.tensor([[1.0, 1, 1, 0], [0, 0, 0, 0]])
+    batch = make_batch(logp, old, torch.tensor([0.7, -1.3]), mask=mask, ref=old - 0.2, group_mean=torch.tensor([0.5, 0.5]),
+                       positive_len=torch.tensor([3.0, 3.0]))
+    loss = POLICY_LOSSES.get(name)(batch).loss
+    for agg in (token_mean, seq_mean_token_mean):
+        total = agg(loss, mask, 3, 2, 4)
+        assert torch.isfinite(total)
+    token_mean(loss, mask, 3, 2, 4).backward()
+    assert torch.isfinite(logp.grad).all()
+    assert torch.equal(logp.grad[1], torch.zeros(4))

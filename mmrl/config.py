@@ -138,6 +138,10 @@ class GRPOConfig:
     """How prompts are drawn: ``uniform`` (seeded epochs) or ``vas`` (MMR1 Variance-Aware Sampling)."""
     prompt_sampler_args: dict[str, Any] = field(default_factory=dict)
     """Keyword hyperparameters of the prompt sampler."""
+    shared_prefix: str = "auto"
+    """Log-probs with the group-shared prefix (each prompt and its images run once per group, completions
+    against its repeated KV cache): ``auto`` (when the model supports it, else full sequences with a notice),
+    ``shared`` (error if unsupported) or ``full`` (every completion with its own copy of the prompt)."""
     rollout: str = "fixed"
     """Rollout strategy: ``fixed`` (group_size completions per prompt) or ``reinforce_ada`` (adaptive
     per-prompt sampling, then groups of group_size with both outcomes)."""

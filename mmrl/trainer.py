@@ -40,7 +40,8 @@ from mmrl.models.load import load_policy, placeholder_ids, resolve_path
 from mmrl.optim import make_optimizer
 from mmrl.registry import get_task
 from mmrl.rollout.groups import Rollouts, concat, sample_groups, select_rewards, to_groups
-from mmrl.rollout.hf import gather_logprobs, token_distributions, token_logprobs
+from mmrl.rollout.hf import gather_logprobs
+from mmrl.rollout.shared import unsupported_reason
 from mmrl.sft import cold_start
 from mmrl.store import RunDir, claim_run_dir, publish_dir
 from mmrl.types import LoadContext
@@ -64,7 +65,22 @@ def reference_context(model, ref_model):
 @torch.no_grad()
 def fixed_logprobs(model, ro: Rollouts, chunks, temperature: float) -> list[torch.Tensor]:
     """Log-probs of the rollouts under ``model`` without gradients, one tensor per micro-batch."""
-    return [token_logprobs(model, enc, ro.ids[sl], ro.mask[sl], temperature) for sl, enc in chunks]
+    return [gather_logprobs(c.distributions(model, ro.ids[c.rows], ro.mask[c.rows], temperature), ro.ids[c.rows],
+                            ro.mask[c.rows]) for c in chunks]
+
+
+def use_shared_prefix(model, mode: str, accelerator) -> bool:
+    """Whether log-prob passes use the group-shared prefix; ``auto`` falls back with a one-line notice."""
+    if mode == "full":
+        return False
+    reason = unsupported_reason(model)
+    if reason is None:
+        return True
+    if mode == "shared":
+        raise ConfigError(f"grpo.shared_prefix=shared is not possible: {reason}")
+    if accelerator.is_main_process:
+        print(f"mmrl: shared-prefix log-probs off ({reason}); using full sequences", flush=True)
+    return False
 
 
 def reference_logprobs(policy, ref_model, ro: Rollouts, chunks, temperature: float) -> list[torch.Tensor]:
@@ -79,7 +95,7 @@ def kl_penalty(policy, ref_model, ro: Rollouts, chunks, g: GRPOConfig, algo: Alg
     ref_logps = reference_logprobs(policy, ref_model, ro, chunks, g.temperature)
     logps = fixed_logprobs(policy, ro, chunks, g.temperature)
     per_row = [(algo.kl(lp, ref) * ro.mask[sl].to(lp.device)).sum(-1).cpu()
-               for (sl, _), lp, ref in zip(chunks, logps, ref_logps)]
+               for (sl, _, _), lp, ref in zip(chunks, logps, ref_logps)]
     return -torch.cat(per_row).double()
 
 
@@ -132,11 +148,12 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
     positive_len = positive_lengths(ro.mask.sum(-1), ro.advantages, ro.group_ids)
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
     for _ in range(g.mu):
-        for k, (sl, enc) in enumerate(chunks):
+        for k, chunk in enumerate(chunks):
+            sl = chunk.rows
             mask = loss_mask[sl].to(device)
             sync = accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext()
             with sync:
-                log_dist = token_distributions(model, enc, ro.ids[sl], ro.mask[sl], g.temperature)
+                log_dist = chunk.distributions(model, ro.ids[sl], ro.mask[sl], g.temperature)
                 logp = gather_logprobs(log_dist, ro.ids[sl], mask)
                 batch = PolicyBatch(
                     logp=logp, old_logp=old_logps[k] if old_logps is not None else logp.detach(),
@@ -260,6 +277,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         raise ConfigError(f"grpo.prompts_per_step={g.prompts_per_step} must be divisible by {world} processes")
     ref_model = frozen_reference(model, cfg, g.beta > 0 or algo.needs_reference)
     optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps, g.steps * g.mu, g.lr_schedule)
+    shared = use_shared_prefix(model, g.shared_prefix, accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
     prompts = algo.prompt_sampler(len(train_set), cfg.seed)
     advantage_state: dict = {}
@@ -283,14 +301,16 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         components = dict(ro.components)
         if g.beta > 0 and g.kl_in == "reward":
             ro.extra["kl_penalty"] = components["kl_penalty"] = kl_penalty(
-                policy, ref_model, ro, ro.chunks(processor, images, g.micro_batch_size, accelerator.device), g, algo)
+                policy, ref_model, ro, ro.chunks(processor, images, g.micro_batch_size, accelerator.device, shared),
+                g, algo)
         weights = {**{name: w for name, (_, w) in rewards.items()}, "kl_penalty": g.beta}
         ro.advantages = compute_advantages(components, weights, ro.group_ids, algo.advantage, g.reward_combine,
                                            advantage_state).float()
         sampled = len(ro)
         if ro.keep is not None:  # Reinforce-Ada: train on the chosen groups, after all samples set the baseline
-            ro = ro.subset(ro.keep.nonzero().flatten())
-        chunks = ro.chunks(processor, images, g.micro_batch_size, accelerator.device)
+            rows = ro.keep.nonzero().flatten()
+            ro = ro.subset(rows[torch.argsort(ro.group_ids[rows], stable=True)])  # groups contiguous again
+        chunks = ro.chunks(processor, images, g.micro_batch_size, accelerator.device, shared)
         ref_logps = None
         if (g.beta > 0 and g.kl_in == "loss") or algo.needs_reference:
             ref_logps = reference_logprobs(policy, ref_model, ro, chunks, g.temperature)

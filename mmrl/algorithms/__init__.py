@@ -19,7 +19,7 @@ __all__ = ["ADVANTAGES", "AGGREGATIONS", "KL_ESTIMATORS", "POLICY_LOSSES", "PROM
            "TOKEN_WEIGHTS", "Algorithm", "build_algorithm"]
 
 CHOICES = {"kl_in": ("loss", "reward"), "reward_combine": advantages.COMBINE_MODES,
-           "dynamic_sampling": ("off", "drop", "refill")}
+           "dynamic_sampling": ("off", "drop", "refill"), "shared_prefix": ("auto", "shared", "full")}
 
 
 @dataclass

@@ -7,15 +7,40 @@ subset of rows (Reinforce-Ada keeping a balanced group) is encoded again on dema
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from mmrl.data import ImageCache
 from mmrl.errors import ConfigError
-from mmrl.rollout.hf import encode_prompts, generate, sanitize
+from mmrl.rollout.hf import encode_prompts, generate, sanitize, token_distributions
+from mmrl.rollout.shared import shared_token_distributions
 from mmrl.types import Group, Sample
+
+
+class Chunk(NamedTuple):
+    """One micro-batch: completion ``rows`` and the prompt encoding they continue. ``group_size`` 1: one prompt
+    row per completion (full sequences); G > 1: one prompt row per group of G consecutive completions (shared
+    prefix)."""
+
+    rows: slice
+    prompts: object
+    group_size: int
+
+    def distributions(self, model, ids: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+        """``[rows, T, V]`` log-probabilities of the next token at each completion position."""
+        if self.group_size == 1:
+            return token_distributions(model, self.prompts, ids, mask, temperature)
+        return shared_token_distributions(model, self.prompts, ids, mask, self.group_size, temperature)
+
+
+def uniform_group_size(group_ids: torch.Tensor) -> int | None:
+    """G when the rows form consecutive groups of G rows each (what the shared prefix needs), else None."""
+    values, counts = torch.unique_consecutive(group_ids, return_counts=True)
+    if len(counts) == 0 or (counts != counts[0]).any() or len(torch.unique(values)) != len(values):
+        return None
+    return int(counts[0])
 
 
 @dataclass
@@ -39,8 +64,9 @@ class Rollouts:
     pad_id: int = 0
     """Token that fills ``ids`` after each completion's end."""
     dropped_placeholders: int = 0
-    encodings: list[tuple[slice, object]] | None = None
-    """(row slice, processor output) per micro-batch, or None to encode on demand."""
+    encodings: list[Chunk] | None = None
+    """Micro-batches with their prompt encodings (from generation: one prompt row per completion), or None to
+    encode on demand."""
     advantages: torch.Tensor | None = None
     """[N] set by the trainer."""
     weight: torch.Tensor | None = None
@@ -54,13 +80,26 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def chunks(self, processor, images: ImageCache, size: int, device) -> list[tuple[slice, object]]:
-        """(row slice, prompt encoding) per micro-batch, encoding once when the generation's are unusable."""
-        if self.encodings is None:
+    def chunks(self, processor, images: ImageCache, size: int, device, shared: bool = False) -> list[Chunk]:
+        """Micro-batches of about ``size`` completions with their prompt encodings. ``shared``: whole groups per
+        micro-batch and one encoded prompt per group (falls back to per-completion prompts when the rows are not
+        consecutive equal-size groups); otherwise the generation's encodings are reused when present."""
+        group = uniform_group_size(self.group_ids) if shared else None
+        if group is not None and group > 1:
+            if self.encodings and self.encodings[0].group_size == group:
+                return self.encodings
+            step = max(group, size // group * group)
+            self.encodings = []
+            for sl in slices(len(self), step):
+                firsts = self.samples[sl][::group]
+                enc = encode_prompts(processor, firsts, [images.images(s) for s in firsts]).to(device)
+                self.encodings.append(Chunk(sl, enc, group))
+        elif self.encodings is None or self.encodings[0].group_size != 1:
             self.encodings = []
             for sl in slices(len(self), size):
                 rows = self.samples[sl]
-                self.encodings.append((sl, encode_prompts(processor, rows, [images.images(s) for s in rows]).to(device)))
+                enc = encode_prompts(processor, rows, [images.images(s) for s in rows]).to(device)
+                self.encodings.append(Chunk(sl, enc, 1))
         return self.encodings
 
     def subset(self, rows: torch.Tensor) -> Rollouts:
@@ -127,7 +166,7 @@ def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: li
     encodings, outs = [], []
     for sl in slices(len(rows), micro_batch_size):
         enc = encode_prompts(processor, rows[sl], [images.images(s) for s in rows[sl]]).to(device)
-        encodings.append((sl, enc))
+        encodings.append(Chunk(sl, enc, 1))
         outs.append(generate(model, processor, enc, do_sample=True, suppress_ids=suppress, **sampling))
     pad = processor.tokenizer.pad_token_id
     ids, mask = _pad_cat([o.ids for o in outs], pad), _pad_cat([o.mask for o in outs], 0)

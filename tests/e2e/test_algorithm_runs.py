@@ -9,6 +9,7 @@ import pytest
 
 from mmrl.algorithms import ADVANTAGES, POLICY_LOSSES, TOKEN_WEIGHTS
 from mmrl.config import TrainConfig, load_config
+from mmrl.errors import ConfigError
 from mmrl.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -85,3 +86,18 @@ def test_select_then_train_with_the_curriculum(tiny_run, tmp_path):
     assert [r["index"] for r in rows] == list(range(16)) and all(len(r["rewards"]) == 3 for r in rows)
     assert all(r["std"] >= 0 and 0 <= r["mean"] <= 2 for r in rows)
     run(tiny_run, "grpo.prompt_sampler=curriculum", f"grpo.prompt_sampler_args={{stats: {tmp_path / 'stats.jsonl'}, min_std: -1}}")
+
+
+def test_shared_prefix_and_full_sequences_give_the_same_first_step(tiny_run, tmp_path, capsys):
+    # Step 1 starts from the same weights and rollouts, so its loss and gradient norm must agree (fp32).
+    shared = run([o.replace("/run", "/shared") for o in tiny_run], "grpo.shared_prefix=shared", "grpo.mu=2")
+    full = run([o.replace("/run", "/full") for o in tiny_run], "grpo.shared_prefix=full", "grpo.mu=2")
+    assert shared[0]["loss"] == pytest.approx(full[0]["loss"], rel=1e-4, abs=1e-6)
+    assert shared[0]["grad_norm"] == pytest.approx(full[0]["grad_norm"], rel=1e-4)
+
+
+def test_shared_prefix_falls_back_with_a_notice_under_gradient_checkpointing(tiny_run, capsys):
+    run(tiny_run, "model.gradient_checkpointing=true")
+    assert "shared-prefix log-probs off (gradient checkpointing" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="grpo.shared_prefix=shared is not possible"):
+        run(tiny_run, "model.gradient_checkpointing=true", "grpo.shared_prefix=shared", "overwrite=true")

@@ -1,0 +1,109 @@
+"""Group-shared prefix log-probs equal the full-sequence ones (fp32), for image and video prompts, with and
+without LoRA, for the policy and the adapter-disabled reference; so do their gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmrl.config import LoraConfig, ModelConfig
+from mmrl.models.load import load_policy, load_processor
+from mmrl.models.tiny import make_tiny
+from mmrl.rollout.hf import encode_prompts, gather_logprobs, token_distributions
+from mmrl.rollout.shared import expand_batch, shared_token_distributions
+from mmrl.types import Sample
+
+G, T = 3, 6
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("shared") / "ckpt", family="qwen2_5_vl")
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_dir):
+    return load_processor(str(tiny_dir), ModelConfig(path=str(tiny_dir), max_pixels=112 * 112))
+
+
+def model_for(tiny_dir, lora: bool):
+    torch.manual_seed(0)
+    model, _, _ = load_policy(ModelConfig(path=str(tiny_dir), lora=LoraConfig(enabled=lora, r=4, alpha=8)))
+    model.eval()
+    if lora:
+        with torch.no_grad():  # peft starts B at 0 (adapter = identity); make the adapter matter
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+    return model
+
+
+def image_batch(processor):
+    """Three prompts of different lengths and image sizes (left padding, 4 and 8 vision tokens)."""
+    samples = [Sample(id=str(i), prompt="<image>click the button" + " please" * i, images=[f"{i}.png"])
+               for i in range(3)]
+    rng = np.random.default_rng(0)
+    images = [[Image.fromarray(rng.integers(0, 255, (56 * (1 + i % 2), 56, 3), dtype=np.uint8))] for i in range(3)]
+    return encode_prompts(processor, samples, images)
+
+
+def video_batch(processor):
+    texts = [f"<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>when{' then' * i}<|im_end|>\n"
+             "<|im_start|>assistant\n" for i in range(2)]
+    videos = [np.random.default_rng(i).integers(0, 255, (4, 56, 56, 3), dtype=np.uint8) for i in range(2)]
+    return processor(text=texts, videos=videos, padding=True, return_tensors="pt", do_sample_frames=False)
+
+
+def completions(n_prompts: int):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(20, 300, (n_prompts * G, T), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # completions that ended early
+    mask[G, 1:] = 0
+    return ids, mask
+
+
+def both_paths(model, batch, ids, mask):
+    full = gather_logprobs(token_distributions(model, expand_batch(batch, G), ids, mask), ids, mask)
+    shared = gather_logprobs(shared_token_distributions(model, batch, ids, mask, G), ids, mask)
+    return full, shared
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full-ft", "lora"])
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_shared_prefix_logprobs_and_gradients_equal_full_sequence(tiny_dir, processor, lora, kind):
+    model = model_for(tiny_dir, lora)
+    batch = image_batch(processor) if kind == "image" else video_batch(processor)
+    ids, mask = completions(len(batch["input_ids"]))
+    adv = torch.linspace(-1, 1, len(ids))[:, None]
+
+    full, shared = both_paths(model, batch, ids, mask)
+    assert torch.allclose(full, shared, atol=1e-5), (full - shared).abs().max()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    for logp in (full, shared):
+        grads.append(torch.autograd.grad((-(adv * logp) * mask).sum(), params, retain_graph=True))
+    checked = 0
+    for gf, gs in zip(*grads):
+        if gf.abs().max() > 0:
+            assert torch.allclose(gs, gf, rtol=1e-5, atol=1e-5 * gf.abs().max()), (gs - gf).abs().max()
+            checked += 1
+    assert checked > 0.9 * len(params)  # vision tower, prompt and completion weights all get gradients
+
+    if lora:  # the reference policy: adapters disabled, same equality
+        with model.disable_adapter(), torch.no_grad():
+            ref_full, ref_shared = both_paths(model, batch, ids, mask)
+        assert torch.allclose(ref_full, ref_shared, atol=1e-5)
+        assert not torch.allclose(ref_full, full.detach(), atol=1e-4)  # the adapter really was off
+
+
+def test_expand_batch_repeats_each_prompt_with_its_image(processor):
+    batch = image_batch(processor)
+    wide = expand_batch(batch, 2)
+    assert torch.equal(wide["input_ids"], batch["input_ids"].repeat_interleave(2, dim=0))
+    assert wide["image_grid_thw"].tolist() == batch["image_grid_thw"].repeat_interleave(2, dim=0).tolist()
+    sizes = batch["image_grid_thw"].prod(-1).tolist()  # patches per image: 16, 32, 16
+    first = batch["pixel_values"][: sizes[0]]
+    assert torch.equal(wide["pixel_values"][: sizes[0]], first) and torch.equal(wide["pixel_values"][sizes[0]: 2 * sizes[0]], first)

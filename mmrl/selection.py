@@ -27,6 +27,7 @@ def select(cfg, k: int, output: str | Path, progress: bool = True) -> list[dict]
     from mmrl.models.load import load_policy, placeholder_ids, resolve_path
     from mmrl.registry import get_task
     from mmrl.rollout.groups import sample_groups, select_rewards, slices
+    from mmrl.rollout.shared import unsupported_reason
     from mmrl.store import atomic_write_text
     from mmrl.types import LoadContext
 
@@ -44,7 +45,7 @@ def select(cfg, k: int, output: str | Path, progress: bool = True) -> list[dict]
         ro = sample_groups(model, processor, train_set[sl], k, list(range(sl.start, sl.stop)), images, rewards,
                            micro_batch_size=g.micro_batch_size, suppress=placeholder_ids(processor.tokenizer),
                            device=next(model.parameters()).device, max_new_tokens=g.max_new_tokens,
-                           temperature=g.temperature, top_p=g.top_p)
+                           temperature=g.temperature, top_p=g.top_p, shared=unsupported_reason(model) is None)
         for i in range(sl.start, sl.stop):
             stats = item_statistics(ro.total[ro.group_ids == i].tolist())
             rows.append({"index": i, "id": train_set[i].id, **stats})

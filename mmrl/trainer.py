@@ -100,7 +100,7 @@ def kl_penalty(policy, ref_model, ro: Rollouts, chunks, g: GRPOConfig, algo: Alg
 
 
 def collect(policy, processor, prompts, train_set, images, rewards, g: GRPOConfig, algo: Algorithm,
-            suppress, accelerator) -> Rollouts:
+            suppress, accelerator, shared: bool) -> Rollouts:
     """Draw this step's prompts (this rank's share) and sample, score and filter their groups.
 
     ``rollout: reinforce_ada`` samples adaptively per prompt; ``dynamic_sampling: refill`` draws further prompts
@@ -108,7 +108,7 @@ def collect(policy, processor, prompts, train_set, images, rewards, g: GRPOConfi
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     sampling = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                    micro_batch_size=g.micro_batch_size, suppress=suppress, device=accelerator.device)
+                    micro_batch_size=g.micro_batch_size, suppress=suppress, device=accelerator.device, shared=shared)
 
     drawn: list[int] = []  # this rank's dataset indices; group id k is drawn[k]
 
@@ -296,7 +296,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         t0 = time.perf_counter()
         policy = accelerator.unwrap_model(model)
         policy.eval()
-        ro = collect(policy, processor, prompts, train_set, images, rewards, g, algo, suppress, accelerator)
+        ro = collect(policy, processor, prompts, train_set, images, rewards, g, algo, suppress, accelerator, shared)
         policy.train()
         components = dict(ro.components)
         if g.beta > 0 and g.kl_in == "reward":

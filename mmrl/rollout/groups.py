@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mmrl.data import ImageCache
 from mmrl.errors import ConfigError
 from mmrl.rollout.hf import encode_prompts, generate, sanitize, token_distributions
-from mmrl.rollout.shared import shared_token_distributions
+from mmrl.rollout.shared import shared_generate, shared_token_distributions
 from mmrl.types import Group, Sample
 
 
@@ -157,17 +157,25 @@ def score(rewards: dict[str, tuple[Callable, float]], completions: list[str], sa
 
 
 def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: list[int], images: ImageCache,
-                  rewards, *, micro_batch_size: int, suppress: list[int], device, **sampling) -> Rollouts:
+                  rewards, *, micro_batch_size: int, suppress: list[int], device, shared: bool = False,
+                  **sampling) -> Rollouts:
     """``n`` sampled completions of each prompt, scored; prompt k's rows get group id ``group_ids[k]``.
 
-    ``sampling``: ``max_new_tokens``, ``temperature``, ``top_p`` for ``generate``.
+    ``shared``: each prompt is encoded and prefilled once and its ``n`` completions decoded from the repeated
+    KV cache (``shared_generate``); otherwise HF ``generate`` on the prompt repeated ``n`` times. ``sampling``:
+    ``max_new_tokens``, ``temperature``, ``top_p``.
     """
     rows = [s for s in prompts for _ in range(n)]
     encodings, outs = [], []
-    for sl in slices(len(rows), micro_batch_size):
-        enc = encode_prompts(processor, rows[sl], [images.images(s) for s in rows[sl]]).to(device)
-        encodings.append(Chunk(sl, enc, 1))
-        outs.append(generate(model, processor, enc, do_sample=True, suppress_ids=suppress, **sampling))
+    step = max(n, micro_batch_size // n * n) if shared else micro_batch_size
+    for sl in slices(len(rows), step):
+        firsts = rows[sl][::n] if shared else rows[sl]
+        enc = encode_prompts(processor, firsts, [images.images(s) for s in firsts]).to(device)
+        encodings.append(Chunk(sl, enc, n if shared else 1))
+        if shared:
+            outs.append(shared_generate(model, processor, enc, n, suppress_ids=suppress, **sampling))
+        else:
+            outs.append(generate(model, processor, enc, do_sample=True, suppress_ids=suppress, **sampling))
     pad = processor.tokenizer.pad_token_id
     ids, mask = _pad_cat([o.ids for o in outs], pad), _pad_cat([o.mask for o in outs], 0)
     ids, mask, dropped = sanitize(ids, mask, suppress, pad)

@@ -76,7 +76,11 @@ def generate(
     if suppress_ids:
         kwargs["suppress_tokens"] = suppress_ids
     out = model.generate(**batch, **kwargs)
-    ids = out[:, batch["input_ids"].shape[1] :].cpu()
+    return finish_completions(tok, out[:, batch["input_ids"].shape[1] :].cpu())
+
+
+def finish_completions(tok, ids: torch.Tensor) -> Completions:
+    """Mask everything after each row's first EOS (pad it), decode, and flag rows without an EOS."""
     mask, truncated = completion_mask(ids, tok.eos_token_id)
     ids = torch.where(mask.bool(), ids, torch.full_like(ids, tok.pad_token_id))
     texts = tok.batch_decode(ids, skip_special_tokens=True)

@@ -90,3 +90,55 @@ def shared_token_distributions(model, batch, ids: torch.Tensor, mask: torch.Tens
     ).logits
     logits = torch.cat([first, rest], dim=1)
     return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, suppress_ids: list[int] | None) -> torch.Tensor:
+    """One token per row from ``logits`` ``[B, V]``: suppressed ids removed, divided by ``temperature``, nucleus
+    (``top_p``) filtered, then drawn from the softmax (HF ``generate``'s order of processors, top-k off)."""
+    logits = logits.float() / temperature
+    if suppress_ids:
+        logits[:, suppress_ids] = float("-inf")
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+
+
+@torch.no_grad()
+def shared_generate(model, processor, batch, group_size: int, *, max_new_tokens: int, do_sample: bool = True,
+                    temperature: float = 1.0, top_p: float = 1.0, suppress_ids: list[int] | None = None):
+    """``group_size`` completions of each of the ``P`` prompts in ``batch`` (rows ``p*G .. p*G+G-1``), with one
+    prefill per prompt: its KV cache is repeated G times and the G continuations are decoded together.
+
+    Returns ``Completions`` like ``rollout.hf.generate`` on the prompts repeated G times; greedy decoding gives
+    the same tokens (tested)."""
+    from mmrl.rollout.hf import finish_completions
+
+    tok = processor.tokenizer
+    positions = prompt_positions(model, batch)
+    out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group_size)
+    logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)
+    attention = batch["attention_mask"].repeat_interleave(group_size, dim=0)
+    last = positions[:, :, -1:].repeat_interleave(group_size, dim=1)
+    done = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    tokens = []
+    for t in range(max_new_tokens):
+        if do_sample:
+            nxt = sample_next(logits, temperature, top_p, suppress_ids)
+        else:
+            if suppress_ids:
+                logits[:, suppress_ids] = float("-inf")
+            nxt = logits.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
+        tokens.append(nxt)
+        done |= nxt == tok.eos_token_id
+        if done.all() or t == max_new_tokens - 1:
+            break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last + t + 1,
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    return finish_completions(tok, torch.stack(tokens, dim=1).cpu())

@@ -107,3 +107,55 @@ def test_expand_batch_repeats_each_prompt_with_its_image(processor):
     sizes = batch["image_grid_thw"].prod(-1).tolist()  # patches per image: 16, 32, 16
     first = batch["pixel_values"][: sizes[0]]
     assert torch.equal(wide["pixel_values"][: sizes[0]], first) and torch.equal(wide["pixel_values"][sizes[0]: 2 * sizes[0]], first)
+
+
+# ---------------------------------------------------------------- shared-prefix generation
+
+
+def test_shared_greedy_generation_equals_hf_generate(tiny_dir, processor):
+    from mmrl.models.load import placeholder_ids
+    from mmrl.rollout.hf import generate
+    from mmrl.rollout.shared import shared_generate
+
+    model = model_for(tiny_dir, lora=False)
+    batch = image_batch(processor)
+    suppress = placeholder_ids(processor.tokenizer)
+    hf = generate(model, processor, expand_batch(batch, G), max_new_tokens=8, do_sample=False, suppress_ids=suppress)
+    ours = shared_generate(model, processor, batch, G, max_new_tokens=8, do_sample=False, suppress_ids=suppress)
+    assert torch.equal(hf.ids, ours.ids) and torch.equal(hf.mask, ours.mask)
+    assert hf.texts == ours.texts and hf.truncated == ours.truncated
+
+
+def test_shared_sampling_respects_suppression_and_top_p():
+    from mmrl.rollout.shared import sample_next
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[3.0, 2.0, 0.0, -1.0]]).repeat(2000, 1)
+    # Suppressing token 0 leaves softmax over [2, 0, -1]: p = 0.8438, 0.1142, 0.0420.
+    draws = sample_next(logits, 1.0, 1.0, [0])
+    assert (draws != 0).all()
+    assert (draws == 1).float().mean().item() == pytest.approx(0.8438, abs=0.03)
+    # top_p = 0.7 over softmax [3, 2, 0, -1] = [0.6964, 0.2562, 0.0347, 0.0128]: token 0 alone holds 0.6964 < 0.7,
+    # so the nucleus is {0, 1}, renormalised to 0.7311 / 0.2689.
+    draws = sample_next(logits, 1.0, 0.7, None)
+    assert set(draws.tolist()) == {0, 1}
+    assert (draws == 0).float().mean().item() == pytest.approx(0.7311, abs=0.03)
+    # Temperature 0.5 doubles the logit gaps: p(0) = e^6 / (e^6 + e^4 + 1 + e^-2) = 0.8786.
+    draws = sample_next(logits, 0.5, 1.0, None)
+    assert (draws == 0).float().mean().item() == pytest.approx(0.8786, abs=0.03)
+
+
+def test_shared_sampling_draws_what_hf_generate_draws_from_the_same_seed(tiny_dir, processor):
+    # Same distributions, same order of torch.multinomial calls on [rows, vocab]: the same tokens. (This pins the
+    # sampler to HF's: temperature, then softmax and one multinomial draw per row and step.)
+    from mmrl.rollout.hf import generate
+    from mmrl.rollout.shared import shared_generate
+
+    model = model_for(tiny_dir, lora=False)
+    batch = image_batch(processor)
+    torch.manual_seed(7)
+    hf = generate(model, processor, expand_batch(batch, G), max_new_tokens=6, do_sample=True, temperature=0.9)
+    torch.manual_seed(7)
+    ours = shared_generate(model, processor, batch, G, max_new_tokens=6, temperature=0.9)
+    assert torch.equal(hf.ids, ours.ids)
+    assert len(set(map(tuple, ours.ids.tolist()))) > 1  # really sampled, not one repeated sequence

@@ -1,0 +1,86 @@
+"""Group-shared prefix vs full sequences: generation and policy forward+backward on one GRPO step's shapes.
+
+    python benchmarks/shared_prefix.py [--size small] [--side 448] [--prompts 4] [--group 8] [--new-tokens 24]
+
+Builds a tiny Qwen2.5-VL (``mmrl make-tiny``'s factory, cached in a temporary folder), random screenshots of
+``side`` x ``side`` pixels, ``prompts`` prompts with ``group`` completions each, and times (median of
+``--repeats``):
+- generation: HF ``generate`` on every prompt repeated G times vs ``shared_generate`` (one prefill per prompt);
+- log-probs with gradients: ``token_distributions`` on repeated prompts vs ``shared_token_distributions``,
+  forward + backward of ``-sum(logp)``.
+Results and the machine go in benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmrl.config import ModelConfig
+from mmrl.models.load import load_policy, placeholder_ids
+from mmrl.models.tiny import make_tiny
+from mmrl.rollout.hf import encode_prompts, gather_logprobs, generate, token_distributions
+from mmrl.rollout.shared import expand_batch, shared_generate, shared_token_distributions
+from mmrl.types import Sample
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="small", choices=["tiny", "small"])
+    p.add_argument("--side", type=int, default=448)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_tiny(f"{tmp}/model", family="qwen2_5_vl", size=args.size)
+        pixels = args.side * args.side
+        model, processor, _ = load_policy(ModelConfig(path=str(path), min_pixels=pixels, max_pixels=pixels))
+    rng = np.random.default_rng(0)
+    samples = [Sample(id=str(i), prompt="<image>click the blue button", images=[f"{i}.png"]) for i in range(args.prompts)]
+    images = [[Image.fromarray(rng.integers(0, 255, (args.side, args.side, 3), dtype=np.uint8))] for _ in samples]
+    batch = encode_prompts(processor, samples, images)
+    G, suppress = args.group, placeholder_ids(processor.tokenizer)
+    wide = expand_batch(batch, G)
+    ids = torch.randint(20, 300, (args.prompts * G, args.new_tokens))
+    mask = torch.ones_like(ids)
+    print(f"model {args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; prompt "
+          f"{batch['input_ids'].shape[1]} tokens; {args.prompts} prompts x G={G}; {args.new_tokens} new tokens; "
+          f"{torch.get_num_threads()} threads")
+
+    model.eval()
+    gen = dict(max_new_tokens=args.new_tokens, suppress_ids=suppress)
+    t_full_gen = timed(lambda: generate(model, processor, wide, do_sample=True, **gen), args.repeats)
+    t_shared_gen = timed(lambda: shared_generate(model, processor, batch, G, **gen), args.repeats)
+
+    def backward(distributions):
+        model.zero_grad(set_to_none=True)
+        (-gather_logprobs(distributions(), ids, mask).sum()).backward()
+
+    model.train()
+    t_full_lp = timed(lambda: backward(lambda: token_distributions(model, wide, ids, mask)), args.repeats)
+    t_shared_lp = timed(lambda: backward(lambda: shared_token_distributions(model, batch, ids, mask, G)), args.repeats)
+    print(f"| pass | full sequences (s) | shared prefix (s) | speed-up |\n|---|---|---|---|")
+    print(f"| generation | {t_full_gen:.3f} | {t_shared_gen:.3f} | {t_full_gen / t_shared_gen:.1f}x |")
+    print(f"| log-probs fwd+bwd | {t_full_lp:.3f} | {t_shared_lp:.3f} | {t_full_lp / t_shared_lp:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

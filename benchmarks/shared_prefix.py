@@ -66,7 +66,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
 
     model.eval()
-    gen = dict(max_new_tokens=args.new_tokens, suppress_ids=suppress)
+    gen = {"max_new_tokens": args.new_tokens, "suppress_ids": suppress}
     t_full_gen = timed(lambda: generate(model, processor, wide, do_sample=True, **gen), args.repeats)
     t_shared_gen = timed(lambda: shared_generate(model, processor, batch, G, **gen), args.repeats)
 
@@ -77,7 +77,7 @@ def main() -> None:
     model.train()
     t_full_lp = timed(lambda: backward(lambda: token_distributions(model, wide, ids, mask)), args.repeats)
     t_shared_lp = timed(lambda: backward(lambda: shared_token_distributions(model, batch, ids, mask, G)), args.repeats)
-    print(f"| pass | full sequences (s) | shared prefix (s) | speed-up |\n|---|---|---|---|")
+    print("| pass | full sequences (s) | shared prefix (s) | speed-up |\n|---|---|---|---|")
     print(f"| generation | {t_full_gen:.3f} | {t_shared_gen:.3f} | {t_full_gen / t_shared_gen:.1f}x |")
     print(f"| log-probs fwd+bwd | {t_full_lp:.3f} | {t_shared_lp:.3f} | {t_full_lp / t_shared_lp:.1f}x |")
 

@@ -1,0 +1,192 @@
+"""One GRPO workload through mmrl and through TRL's ``GRPOTrainer``, side by side on this machine.
+
+    pip install -e ".[bench]"
+    python benchmarks/grpo_vs_trl.py [--workload grounding|reasoning|both] [--steps 4]
+
+Both runs use the same tiny ``small`` Qwen2.5-VL checkpoint (``make-tiny``), the same synthetic ScreenSpot-format
+screenshots and instructions, the same rewards (GUI-G² Gaussian point + format, mmrl's reward functions),
+G completions of each of P prompts per step, the same max new tokens, mu = 1, beta = 0.04 with the k3 KL in the
+loss, PPO clip 0.2, token-mean loss aggregation (TRL ``loss_type="dapo"``, mmrl ``loss_agg: token_mean``),
+group-normalised advantages, no gradient checkpointing, fp32 on CPU. Each side runs in its own subprocess;
+the table gives the median step time over steps 2..N, completion tokens per second, the peak resident
+memory of that process, and the mmrl/TRL ratios, plus a FLOP floor: the model FLOPs of the tokens a step must
+process (each prompt once, each completion once; 2 FLOPs per parameter per token forward, 4 backward),
+over a measured fp32 matmul rate.
+
+Workloads: grounding-shaped = 448x448 screenshots, G = 8, 4 prompts, 24 new tokens; reasoning-shaped = 224x224,
+256 new tokens. Results go in benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKLOADS = {"grounding": {"side": 448, "new_tokens": 24}, "reasoning": {"side": 224, "new_tokens": 256}}
+PROMPTS, GROUP, BETA = 4, 8, 0.04
+
+
+def overrides(work: Path, side: int, new_tokens: int, steps: int) -> list[str]:
+    """The mmrl config of the workload (also what the TRL side reads its data and model from)."""
+    pixels = side * side
+    return [f"output_dir={work / 'mmrl_run'}", f"model.path={work / 'model'}", f"model.cache_dir={work / 'cache'}",
+            f"model.min_pixels={pixels}", f"model.max_pixels={pixels}", "progress=false", "log_rollouts=false",
+            f"data.synthetic.width={side}", f"data.synthetic.height={side}", "data.synthetic.n_train=64",
+            "data.synthetic.n_eval=4", "data.synthetic.min_size=40", "data.synthetic.max_size=120", "sft.steps=0",
+            f"grpo.steps={steps}", f"grpo.prompts_per_step={PROMPTS}", f"grpo.group_size={GROUP}",
+            f"grpo.max_new_tokens={new_tokens}", f"grpo.micro_batch_size={PROMPTS * GROUP}", "grpo.mu=1",
+            f"grpo.beta={BETA}", "grpo.kl_estimator=k3", "grpo.loss_agg=token_mean", "grpo.advantage=grpo",
+            "grpo.lr=1e-6", "eval.before_and_after=false", f"save_every={steps + 1}"]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_mmrl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
+    from mmrl.config import TrainConfig, load_config
+    from mmrl.trainer import train
+
+    train(load_config(TrainConfig, None, overrides(work, side, new_tokens, steps)))
+    rows = [json.loads(x) for x in (work / "mmrl_run" / "metrics.jsonl").read_text().splitlines()]
+    return {"step_seconds": [r["step_seconds"] for r in rows],
+            "completion_tokens": [r["completion_len/mean"] * PROMPTS * GROUP for r in rows], "peak_mib": peak_rss_mib()}
+
+
+def run_trl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from mmrl.config import TrainConfig, build, load_config
+    from mmrl.data import ImageCache
+    from mmrl.registry import get_task
+    from mmrl.types import IMAGE_MARK, LoadContext
+    from rewards import gui
+
+    cfg = load_config(TrainConfig, None, overrides(work, side, new_tokens, steps))
+    task = get_task("gui_grounding")
+    samples = task.load("train", build(task.config_class, cfg.data, "data."),
+                        LoadContext(cfg.model.min_pixels, cfg.model.max_pixels, cfg.model.cache_dir))
+    images = ImageCache(cfg.model.min_pixels, cfg.model.max_pixels)
+    rows = [{"prompt": [{"role": "user", "content": [{"type": "image"},
+                                                     {"type": "text", "text": s.prompt.replace(IMAGE_MARK, "")}]}],
+             "image": images.images(s)[0], **s.fields} for s in samples]
+
+    def texts(completions):
+        return [c[0]["content"] if isinstance(c, list) else c for c in completions]
+
+    def point(completions, **fields):
+        return gui.point_reward(texts(completions), **fields)
+
+    def fmt(completions, **fields):
+        return gui.format_reward(texts(completions), **fields)
+
+    times, tokens = [], []
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "step_time" in logs:
+                times.append(float(logs["step_time"]))
+                tokens.append(float(logs["completions/mean_length"]) * PROMPTS * GROUP)
+
+    processor = AutoProcessor.from_pretrained(work / "model", min_pixels=side * side, max_pixels=side * side,
+                                              padding_side="left")
+    args = GRPOConfig(output_dir=str(work / "trl_run"), per_device_train_batch_size=PROMPTS * GROUP,
+                      num_generations=GROUP, max_completion_length=new_tokens, beta=BETA, num_iterations=1,
+                      loss_type="dapo", scale_rewards="group", epsilon=0.2, learning_rate=1e-6, max_steps=steps,
+                      gradient_accumulation_steps=1, gradient_checkpointing=False, use_cpu=True, bf16=False,
+                      logging_steps=1, report_to=[], save_strategy="no", temperature=1.0, seed=0)
+    trainer = GRPOTrainer(model=AutoModelForImageTextToText.from_pretrained(work / "model"), reward_funcs=[point, fmt],
+                          args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
+                          callbacks=[Record()])
+    trainer.train()
+    return {"step_seconds": times, "completion_tokens": tokens, "peak_mib": peak_rss_mib()}
+
+
+def matmul_flops_per_second() -> float:
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    start, n = time.perf_counter(), 20
+    for _ in range(n):
+        a @ b
+    return 2 * 1024**3 * n / (time.perf_counter() - start)
+
+
+def floor_seconds(work: Path, side: int, completion_tokens: float, flops_per_second: float) -> float:
+    """FLOPs a step must spend over the matmul rate: each prompt once and each completion token once through
+    generation (forward), the reference (forward) and the policy (forward + backward): 2 + 2 + 6 = 10 FLOPs per
+    parameter per token. Vision parameters see the (side/14)^2 patches; text parameters (embeddings excluded)
+    see the (side/28)^2 merged image tokens plus ~20 prompt text tokens, and the completion tokens."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(work / "model")
+    vision = sum(p.numel() for n, p in model.named_parameters() if "visual" in n)
+    text = sum(p.numel() for n, p in model.named_parameters() if "visual" not in n and "embed_tokens" not in n)
+    prompt_tokens = (side // 28) ** 2 + 20
+    flops = 10 * (PROMPTS * (vision * (side // 14) ** 2 + text * prompt_tokens) + text * completion_tokens)
+    return flops / flops_per_second
+
+
+def compare(name: str, steps: int) -> None:
+    spec = WORKLOADS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        from mmrl.models.tiny import make_tiny
+
+        make_tiny(work / "model", family="qwen2_5_vl", size="small")
+        results = {}
+        for side in ("mmrl", "trl"):
+            cmd = [sys.executable, __file__, "--run", side, "--work", str(work), "--workload", name,
+                   "--steps", str(steps)]
+            out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{side} run failed:\n{out.stderr[-3000:]}")
+            results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows = {}
+        for side, r in results.items():
+            step = statistics.median(r["step_seconds"][1:])
+            tok = statistics.median(r["completion_tokens"][1:])
+            rows[side] = (step, tok / step, r["peak_mib"], tok)
+        rate = matmul_flops_per_second()
+        floors = {side: floor_seconds(work, spec["side"], row[3], rate) for side, row in rows.items()}
+    print(f"\n### {name}: {spec['side']}x{spec['side']}, {PROMPTS} prompts x G={GROUP}, {spec['new_tokens']} new "
+          f"tokens, mu=1, beta={BETA}; median of steps 2..{steps}\n")
+    print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s\n")
+    print("| run | step (s) | completion tokens/step | completion tokens/s | peak RSS (MiB) | FLOP floor (s) "
+          "| floor / step |")
+    print("|---|---|---|---|---|---|---|")
+    for side, (step, tps, mem, tok) in rows.items():
+        print(f"| {side} | {step:.2f} | {tok:.0f} | {tps:.1f} | {mem:.0f} | {floors[side]:.3f} "
+              f"| {floors[side] / step:.1%} |")
+    m, t = rows["mmrl"], rows["trl"]
+    print(f"| mmrl/TRL | {m[0] / t[0]:.3f} (throughput {t[0] / m[0]:.1f}x) | | {m[1] / t[1]:.1f}x | {m[2] / t[2]:.2f} "
+          "| | |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="mmrl vs TRL GRPOTrainer on identical workloads")
+    p.add_argument("--workload", default="both", choices=[*WORKLOADS, "both"])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--run", choices=["mmrl", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.run:
+        spec = WORKLOADS[args.workload]
+        fn = run_mmrl if args.run == "mmrl" else run_trl
+        print(json.dumps(fn(Path(args.work), spec["side"], spec["new_tokens"], args.steps)))
+        return
+    for name in WORKLOADS if args.workload == "both" else [args.workload]:
+        compare(name, args.steps)
+
+
+if __name__ == "__main__":
+    main()

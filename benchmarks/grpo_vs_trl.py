@@ -124,15 +124,19 @@ def matmul_flops_per_second() -> float:
 def floor_seconds(work: Path, side: int, completion_tokens: float, flops_per_second: float) -> float:
     """FLOPs a step must spend over the matmul rate: each prompt once and each completion token once through
     generation (forward), the reference (forward) and the policy (forward + backward): 2 + 2 + 6 = 10 FLOPs per
-    parameter per token. Vision parameters see the (side/14)^2 patches; text parameters (embeddings excluded)
-    see the (side/28)^2 merged image tokens plus ~20 prompt text tokens, and the completion tokens."""
+    parameter per token. Vision parameters see the (side/14)^2 patches; the text body (embeddings and output
+    head excluded) sees the (side/28)^2 merged image tokens plus ~20 prompt text tokens, and the completion
+    tokens; the output head sees only the completion tokens (no logits are needed for prompt positions).
+    Attention-score FLOPs are left out (small at these lengths), so this is a lower bound."""
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(work / "model")
-    vision = sum(p.numel() for n, p in model.named_parameters() if "visual" in n)
-    text = sum(p.numel() for n, p in model.named_parameters() if "visual" not in n and "embed_tokens" not in n)
+    count = lambda keep: sum(p.numel() for n, p in model.named_parameters() if keep(n))  # noqa: E731
+    vision = count(lambda n: "visual" in n)
+    head = model.get_output_embeddings().weight.numel()
+    body = count(lambda n: "visual" not in n and "embed_tokens" not in n and "lm_head" not in n)
     prompt_tokens = (side // 28) ** 2 + 20
-    flops = 10 * (PROMPTS * (vision * (side // 14) ** 2 + text * prompt_tokens) + text * completion_tokens)
+    flops = 10 * (PROMPTS * (vision * (side // 14) ** 2 + body * prompt_tokens) + (body + head) * completion_tokens)
     return flops / flops_per_second
 
 

@@ -20,10 +20,10 @@ hyperparameter (bind it with ``functools.partial``); a non-positive one is a con
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from rewards.parsing import completion_text, is_exact_box, is_exact_point, parse_box, parse_point
+from rewards.parsing import is_exact_box, is_exact_point, parse_box, parse_point, score_each
 
 SIGMA_FLOOR = 1e-6
 """Smallest σ in pixels. A zero-width or zero-height element (or predicted box) would give σ = 0 and a
@@ -117,18 +117,6 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
 
 
-def _score_each(completions: list[Any], score: Callable[[str, int], float]) -> list[float]:
-    """``score(text, i)`` for every completion; an exception or a non-finite value gives 0.0."""
-    out = []
-    for i, completion in enumerate(completions):
-        try:
-            value = float(score(completion_text(completion), i))
-        except Exception:  # noqa: BLE001 - untrusted model output and per-sample fields: score 0, never raise
-            value = 0.0
-        out.append(value if math.isfinite(value) else 0.0)
-    return out
-
-
 def point_reward(
     completions: list[Any], gt_box: list[Any], scale: list[Any], alpha: float = 0.5, **_: Any
 ) -> list[float]:
@@ -139,7 +127,7 @@ def point_reward(
         point = parse_point(text)
         return 0.0 if point is None else gaussian_point(to_original(point, scale[i]), gt_box[i], alpha)
 
-    return _score_each(completions, score)
+    return score_each(completions, score)
 
 
 def coverage_reward(
@@ -152,7 +140,7 @@ def coverage_reward(
         box = parse_box(text)
         return 0.0 if box is None else gaussian_coverage(to_original(box, scale[i]), gt_box[i], alpha)
 
-    return _score_each(completions, score)
+    return score_each(completions, score)
 
 
 def click_reward(completions: list[Any], gt_box: list[Any], scale: list[Any], **_: Any) -> list[float]:
@@ -162,7 +150,7 @@ def click_reward(completions: list[Any], gt_box: list[Any], scale: list[Any], **
         point = parse_point(text)
         return 0.0 if point is None else click_in_box(to_original(point, scale[i]), gt_box[i])
 
-    return _score_each(completions, score)
+    return score_each(completions, score)
 
 
 def iou_reward(completions: list[Any], gt_box: list[Any], scale: list[Any], **_: Any) -> list[float]:
@@ -172,7 +160,7 @@ def iou_reward(completions: list[Any], gt_box: list[Any], scale: list[Any], **_:
         box = parse_box(text)
         return 0.0 if box is None else box_iou(to_original(box, scale[i]), gt_box[i])
 
-    return _score_each(completions, score)
+    return score_each(completions, score)
 
 
 _FORMAT_CHECKS = {"point": is_exact_point, "box": is_exact_box}
@@ -185,4 +173,4 @@ def format_reward(completions: list[Any], answer_format: list[Any], **_: Any) ->
     def score(text: str, i: int) -> float:
         return 1.0 if _FORMAT_CHECKS[answer_format[i]](text) else 0.0
 
-    return _score_each(completions, score)
+    return score_each(completions, score)

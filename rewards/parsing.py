@@ -1,4 +1,5 @@
-"""Parsers of untrusted model text: points and boxes. Pure, and they never raise on any ``str``.
+"""Parsers of untrusted model text: points and boxes. Pure, and they never raise on any ``str``; ``score_each`` is
+the per-completion loop of the TRL-style rewards built on them.
 
 Where to look: the content of the LAST complete ``<answer>...</answer>`` (tags matched case-insensitively;
 for nested tags, the innermost one before the last closing tag); with no complete pair, the whole text.
@@ -19,17 +20,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-_NUM = r"[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[-+]?[0-9]+)?|nan|inf(?:inity)?)"
-_NUM_RE = re.compile(_NUM, re.IGNORECASE)
+NUMBER = r"[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[-+]?[0-9]+)?|nan|inf(?:inity)?)"
+"""An ASCII decimal with an optional sign, fraction and exponent, or ``nan``/``inf`` (match case-insensitively)."""
+_NUM_RE = re.compile(NUMBER, re.IGNORECASE)
 _SEP = r"\s*,\s*"
 _GROUP_RE = re.compile(
-    rf"(?P<pair>\(\s*{_NUM}{_SEP}{_NUM}\s*\)\s*,?\s*\(\s*{_NUM}{_SEP}{_NUM}\s*\))"
-    rf"|(?P<seq>[\[(]\s*{_NUM}(?:{_SEP}{_NUM})*\s*[\])])"
-    rf"|(?P<xy>(?<!\w)[\"']?x[\"']?\s*[:=]\s*{_NUM}{_SEP}[\"']?y[\"']?\s*[:=]\s*{_NUM})"
-    rf"|(?P<bare>(?<![\w.]){_NUM}(?:{_SEP}{_NUM})+)",
+    rf"(?P<pair>\(\s*{NUMBER}{_SEP}{NUMBER}\s*\)\s*,?\s*\(\s*{NUMBER}{_SEP}{NUMBER}\s*\))"
+    rf"|(?P<seq>[\[(]\s*{NUMBER}(?:{_SEP}{NUMBER})*\s*[\])])"
+    rf"|(?P<xy>(?<!\w)[\"']?x[\"']?\s*[:=]\s*{NUMBER}{_SEP}[\"']?y[\"']?\s*[:=]\s*{NUMBER})"
+    rf"|(?P<bare>(?<![\w.]){NUMBER}(?:{_SEP}{NUMBER})+)",
     re.IGNORECASE,
 )
 _OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
@@ -53,6 +55,19 @@ def completion_text(completion: Any) -> str:
         if isinstance(content, list):
             return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
+
+
+def score_each(completions: list[Any], score: Callable[[str, int], float]) -> list[float]:
+    """``score(text, i)`` for the text of every completion (TRL's completion-level reward loop); an exception
+    or a non-finite value gives 0.0, so untrusted output and malformed per-sample fields never raise."""
+    out = []
+    for i, completion in enumerate(completions):
+        try:
+            value = float(score(completion_text(completion), i))
+        except Exception:  # noqa: BLE001 - untrusted model output and per-sample fields: score 0, never raise
+            value = 0.0
+        out.append(value if math.isfinite(value) else 0.0)
+    return out
 
 
 def answer_region(text: str) -> str:

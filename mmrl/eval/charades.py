@@ -1,0 +1,240 @@
+"""Charades-STA evaluation (video temporal grounding): parse each raw model output to a ``(start, end)`` interval
+in seconds and score it by temporal IoU against the annotated moment.
+
+Annotations: one query per line, ``VIDEO_ID START END##sentence`` (seconds), e.g.
+``3MSZA 24.3 30.4##person turn a light on.``. A record's ``id`` is its 0-based line number in the file (blank
+lines are skipped but keep their number), so ids stay stable when lines are skipped. Predictions are JSON lines
+``{"id": N, "output": "raw model text"}``.
+
+Scoring: ``rewards.temporal.parse_interval`` (the parser the training rewards use), then
+``rewards.temporal.answer_iou``: the answer is clamped into ``[0, video duration]`` and a reversed one scores 0.
+An unparsable output and a missing output count as IoU 0 (counted in ``unparsable`` and ``missing``).
+Metrics over all ``n`` queries: ``r1@0.3``, ``r1@0.5``, ``r1@0.7``, the fraction whose (single, top-1) answer has
+IoU >= the threshold, and ``miou``, the mean IoU; all in [0, 1], 0 when there are no queries.
+
+Videos are ``VIDEO_DIR/VIDEO_ID.EXT`` (``VIDEO_EXTENSIONS``, lower or upper case); durations come from
+``mmrl.vision.probe_video``, once per video. With ``--skip-bad-samples``, malformed annotation lines and the
+queries of missing or unreadable videos are left out of ``n`` and counted in ``skipped_lines`` and
+``skipped_queries``; without it they are errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmrl.errors import DataError
+from mmrl.eval.screenspot import write_json_atomic
+from mmrl.vision import probe_video
+from rewards.temporal import answer_iou, parse_interval
+
+THRESHOLDS = (0.3, 0.5, 0.7)
+VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
+_EXPECTED = "expected 'VIDEO_ID START END##sentence'"
+
+
+@dataclass(frozen=True)
+class CharadesRecord:
+    """One query: the moment ``[start, end]`` (seconds) of ``video_id`` that ``sentence`` describes."""
+
+    id: int
+    """0-based line number in the annotation file."""
+    video_id: str
+    start: float
+    end: float
+    sentence: str
+    source_file: str
+    line: int
+    """1-based line number, for messages."""
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (split at ``\\n`` only, so numbers match an editor's)."""
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8-sig").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
+
+
+def _parse_record(path: Path, index: int, text: str) -> CharadesRecord:
+    """The record on 0-based line ``index``; ``DataError`` naming the file, line and reason if malformed."""
+
+    def malformed(reason: str) -> DataError:
+        return DataError(f"{path}:{index + 1}: malformed annotation line {text!r} ({_EXPECTED}): {reason}")
+
+    head, sep, sentence = text.partition("##")
+    if not sep:
+        raise malformed("no '##' before the sentence")
+    fields = head.split()
+    if len(fields) != 3:
+        raise malformed(f"{len(fields)} fields before '##', expected 3")
+    video_id, *times = fields
+    try:
+        start, end = (float(t) for t in times)
+    except ValueError:
+        raise malformed("START and END must be numbers") from None
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise malformed("START and END must be finite")
+    if start < 0:
+        raise malformed(f"negative START {start:g}")
+    if start > end:
+        raise malformed(f"START {start:g} is after END {end:g}")
+    if not sentence.strip():
+        raise malformed("empty sentence")
+    return CharadesRecord(index, video_id, start, end, sentence.strip(), str(path), index + 1)
+
+
+def load_annotations(path: str | Path, skip_bad: bool = False) -> tuple[list[CharadesRecord], int]:
+    """The records of a Charades-STA annotation file and how many malformed lines were skipped. Without
+    ``skip_bad`` a malformed line raises ``DataError`` (so the count is 0)."""
+    path = Path(path)
+    records: list[CharadesRecord] = []
+    skipped = 0
+    for index, line in enumerate(_read_lines(path, "annotation")):
+        if not line.strip():
+            continue
+        try:
+            records.append(_parse_record(path, index, line.strip()))
+        except DataError:
+            if not skip_bad:
+                raise
+            skipped += 1
+    return records, skipped
+
+
+def read_annotations(path: str | Path) -> list[CharadesRecord]:
+    """The records of a Charades-STA annotation file; ``DataError`` for a missing file or a malformed line."""
+    return load_annotations(path)[0]
+
+
+def find_video(video_dir: str | Path, video_id: str) -> Path:
+    """The first existing ``video_dir/VIDEO_ID.EXT`` for EXT in ``VIDEO_EXTENSIONS``, then the same upper-case."""
+    video_dir = Path(video_dir)
+    extensions = [*VIDEO_EXTENSIONS, *(e.upper() for e in VIDEO_EXTENSIONS)]
+    for ext in extensions:
+        path = video_dir / f"{video_id}.{ext}"
+        if path.is_file():
+            return path
+    raise DataError(f"video {video_id!r} not found in {video_dir} (tried extensions: {', '.join(extensions)})")
+
+
+def resolve_videos(
+    records: list[CharadesRecord], video_dir: str | Path, skip_bad: bool = False
+) -> tuple[list[CharadesRecord], dict[int, Path], dict[int, float]]:
+    """The records kept, and the video file and duration (seconds) of each by record id; each video is found and
+    probed once. A missing or unreadable video raises ``DataError``, or with ``skip_bad`` drops its queries."""
+    found: dict[str, tuple[Path, float]] = {}
+    for video_id in dict.fromkeys(r.video_id for r in records):
+        try:
+            path = find_video(video_dir, video_id)
+            found[video_id] = path, probe_video(path).duration
+        except DataError:
+            if not skip_bad:
+                raise
+    kept = [r for r in records if r.video_id in found]
+    return kept, {r.id: found[r.video_id][0] for r in kept}, {r.id: found[r.video_id][1] for r in kept}
+
+
+def charades_metrics(ious: list[float]) -> dict[str, Any]:
+    """``r1@0.3``, ``r1@0.5``, ``r1@0.7`` (fraction of IoUs >= the threshold), ``miou`` (mean) and ``n``."""
+    denominator = max(len(ious), 1)
+    metrics: dict[str, Any] = {f"r1@{t}": sum(iou >= t for iou in ious) / denominator for t in THRESHOLDS}
+    metrics["miou"] = sum(ious) / denominator
+    metrics["n"] = len(ious)
+    return metrics
+
+
+def score_outputs(
+    records: list[CharadesRecord], outputs: dict[int, str], durations: dict[int, float]
+) -> dict[str, Any]:
+    """``charades_metrics`` of the raw ``outputs`` (record id -> model text) plus the ``unparsable`` and
+    ``missing`` counts. Answers are clamped into the record's video duration (below at 0 only if unknown)."""
+    ious: list[float] = []
+    unparsable = missing = 0
+    for record in records:
+        output = outputs.get(record.id)
+        interval = None if output is None else parse_interval(output)
+        missing += output is None
+        unparsable += output is not None and interval is None
+        ious.append(answer_iou(interval, (record.start, record.end), durations.get(record.id)))
+    return {**charades_metrics(ious), "unparsable": unparsable, "missing": missing}
+
+
+def _prediction(line: str, where: str) -> tuple[int, str]:
+    """``(id, output)`` from one JSON line ``{"id": int, "output": str}``."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in ("id", "output"):
+        if key not in row:
+            raise DataError(f"{where}: missing field {key!r}")
+    if not isinstance(row["id"], int) or isinstance(row["id"], bool):
+        raise DataError(f"{where}: field 'id' must be an integer (the 0-based annotation line number)")
+    if not isinstance(row["output"], str):
+        raise DataError(f"{where}: field 'output' must be a string")
+    return row["id"], row["output"]
+
+
+def read_predictions(path: str | Path) -> dict[int, str]:
+    """``{id: raw output}`` from a JSONL file of ``{"id": N, "output": "raw model text"}`` rows (blank lines
+    skipped); ``DataError`` naming the file and 1-based line for a malformed row or a repeated id."""
+    path = Path(path)
+    outputs: dict[int, str] = {}
+    for lineno, line in enumerate(_read_lines(path, "predictions"), start=1):
+        if not line.strip():
+            continue
+        record_id, output = _prediction(line, f"{path}:{lineno}")
+        if record_id in outputs:
+            raise DataError(f"{path}:{lineno}: duplicate id {record_id}")
+        outputs[record_id] = output
+    return outputs
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """R1@0.3/0.5/0.7 and mIoU in percent, with the counts, as two right-aligned rows."""
+    percents = [*(f"r1@{t}" for t in THRESHOLDS), "miou"]
+    counts = [k for k in ("n", "unparsable", "missing", "skipped_lines", "skipped_queries") if k in result]
+    header = [*(f"R1@{t}" for t in THRESHOLDS), "mIoU", *counts]
+    values = [*(f"{100 * result[k]:.1f}" for k in percents), *(str(result[k]) for k in counts)]
+    widths = [max(len(h), len(v)) for h, v in zip(header, values)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in (header, values))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mmrl eval charades``."""
+    parser.add_argument("--annotations", required=True, help="Charades-STA file of 'VIDEO_ID START END##sentence'")
+    parser.add_argument("--videos", required=True, help="folder of VIDEO_ID.mp4 (or .avi, .mkv, .webm, .mov, .m4v)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", help='JSONL of {"id": 0-based annotation line, "output": raw model text}')
+    source.add_argument("--model", help="checkpoint to generate the outputs with")
+    parser.add_argument("--output", help="write the metrics JSON to this file")
+    parser.add_argument(
+        "--skip-bad-samples", action="store_true",
+        help="leave out malformed annotation lines and queries whose video is missing or unreadable",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score ``--predictions`` (or outputs generated by ``--model``), print the table, return 0."""
+    records, skipped_lines = load_annotations(args.annotations, skip_bad=args.skip_bad_samples)
+    kept, videos, durations = resolve_videos(records, args.videos, skip_bad=args.skip_bad_samples)
+    if args.model is not None:
+        from mmrl.eval.generate import generate_charades
+
+        outputs = generate_charades(args.model, kept, videos)
+    else:
+        outputs = read_predictions(args.predictions)
+    result = score_outputs(kept, outputs, durations)
+    result.update(skipped_lines=skipped_lines, skipped_queries=len(records) - len(kept))
+    print(format_table(result))
+    if args.output is not None:
+        write_json_atomic(args.output, result)
+    return 0

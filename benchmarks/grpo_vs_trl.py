@@ -65,16 +65,16 @@ def run_trl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from mmrl.config import TrainConfig, build, load_config
-    from mmrl.data import ImageCache
+    from mmrl.data import load_context, media_cache
     from mmrl.registry import get_task
-    from mmrl.types import IMAGE_MARK, LoadContext
+    from mmrl.types import IMAGE_MARK
     from rewards import gui
 
     cfg = load_config(TrainConfig, None, overrides(work, side, new_tokens, steps))
     task = get_task("gui_grounding")
     samples = task.load("train", build(task.config_class, cfg.data, "data."),
-                        LoadContext(cfg.model.min_pixels, cfg.model.max_pixels, cfg.model.cache_dir))
-    images = ImageCache(cfg.model.min_pixels, cfg.model.max_pixels)
+                        load_context(cfg.model))
+    images = media_cache(cfg.model)
     rows = [{"prompt": [{"role": "user", "content": [{"type": "image"},
                                                      {"type": "text", "text": s.prompt.replace(IMAGE_MARK, "")}]}],
              "image": images.images(s)[0], **s.fields} for s in samples]

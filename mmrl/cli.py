@@ -35,7 +35,7 @@ def cmd_select(args) -> None:
 
     path = Path(args.config) if args.config else default_config(args.task)
     cfg = load_config(TrainConfig, path, [f"task={args.task}", *args.overrides])
-    select(cfg, args.k, args.output, progress=cfg.progress)
+    select(cfg, args.k, args.output, progress=cfg.progress, keep=args.keep, min_std=args.min_std)
 
 
 def cmd_make_tiny(args) -> None:
@@ -46,7 +46,7 @@ def cmd_make_tiny(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmrl.eval import screenspot
+    from mmrl.eval import charades, screenspot
 
     parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config whose model, data, rewards and sampling settings are used")
     p.add_argument("--k", type=int, default=8, help="completions sampled per item (default 8)")
     p.add_argument("--output", required=True, help="JSON-lines file of per-item reward statistics")
+    p.add_argument("--keep", help="also write the informative items as a dataset in the task's format here")
+    p.add_argument("--min-std", type=float, default=0.0,
+                   help="an item is informative when its reward std exceeds this (default 0: rewards vary)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.path=runs/x/final")
     p.set_defaults(func=cmd_select)
 
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("screenspot", help="ScreenSpot v1/v2/Pro click accuracy")
     screenspot.add_arguments(p)
     p.set_defaults(func=screenspot.run)
+    p = ev.add_parser("charades", help="Charades-STA temporal grounding: R1@0.3/0.5/0.7 and mIoU")
+    charades.add_arguments(p)
+    p.set_defaults(func=charades.run)
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from mmrl.errors import ConfigError
+from mmrl.vision import VideoBudget
 
 
 @dataclass
@@ -58,6 +59,8 @@ class ModelConfig:
     """Smallest image area after Qwen's smart_resize."""
     max_pixels: int = 28 * 28 * 1280
     """Largest image area after Qwen's smart_resize (the per-image pixel budget)."""
+    video: VideoBudget = field(default_factory=VideoBudget)
+    """Video sampling (fps, frame counts) and per-frame / total pixel budgets, for tasks with video input."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings."""
 
@@ -142,6 +145,12 @@ class GRPOConfig:
     """Log-probs with the group-shared prefix (each prompt and its images run once per group, completions
     against its repeated KV cache): ``auto`` (when the model supports it, else full sequences with a notice),
     ``shared`` (error if unsupported) or ``full`` (every completion with its own copy of the prompt)."""
+    ground_truth_slot: bool = False
+    """TempSamp-R1 off-policy guidance: the last of each group's ``group_size`` slots holds the sample's
+    ground-truth answer instead of a sample; it joins the group's reward statistics and enters the loss through
+    ``mmrl.algorithms.losses.offpolicy_guidance`` (needs ``rollout: fixed``)."""
+    ground_truth_gamma: float = 0.1
+    """Shaping of the ground-truth slot's importance ratio ``p / (p + gamma)`` (LUFFY); 0 = the plain ratio."""
     rollout: str = "fixed"
     """Rollout strategy: ``fixed`` (group_size completions per prompt) or ``reinforce_ada`` (adaptive
     per-prompt sampling, then groups of group_size with both outcomes)."""

@@ -1,13 +1,15 @@
-"""Deterministic batching and image preparation shared by SFT, RL and evaluation."""
+"""Deterministic batching and image/video preparation shared by SFT, RL and evaluation."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from mmrl.types import Sample
-from mmrl.vision import fit_image, load_image
+from mmrl.config import ModelConfig
+from mmrl.types import LoadContext, Sample
+from mmrl.vision import VideoBudget, VideoClip, fit_image, load_image, load_video
 
 
 def indices_at(n: int, position: int, count: int, seed: int) -> list[int]:
@@ -31,23 +33,45 @@ def indices_for_step(n: int, step: int, per_step: int, seed: int) -> list[int]:
     return indices_at(n, step * per_step, per_step, seed)
 
 
-class ImageCache:
-    """Loads and resizes sample images to the model's pixel budget once; keeps the ``max_items`` most recent."""
+class MediaCache:
+    """Loads sample images (resized to the model's pixel budget) and videos (frames sampled and resized under
+    ``video``'s budget) once; keeps the ``max_items`` most recently used of each."""
 
-    def __init__(self, min_pixels: int, max_pixels: int, max_items: int = 4096):
-        self.min_pixels, self.max_pixels, self.max_items = min_pixels, max_pixels, max_items
-        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+    def __init__(self, min_pixels: int, max_pixels: int, video: VideoBudget | None = None, max_items: int = 4096):
+        self.min_pixels, self.max_pixels, self.video, self.max_items = min_pixels, max_pixels, video, max_items
+        self._images: OrderedDict[str, Image.Image] = OrderedDict()
+        self._videos: OrderedDict[str, VideoClip] = OrderedDict()
 
-    def _fit(self, path: str) -> Image.Image:
-        if path in self._cache:
-            self._cache.move_to_end(path)
-            return self._cache[path]
-        image, _ = fit_image(load_image(path), self.min_pixels, self.max_pixels)
-        self._cache[path] = image
-        if len(self._cache) > self.max_items:
-            self._cache.popitem(last=False)
-        return image
+    def _get(self, cache: OrderedDict, key: str, load: Callable[[str], Any]) -> Any:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        cache[key] = value = load(key)
+        if len(cache) > self.max_items:
+            cache.popitem(last=False)
+        return value
 
     def images(self, sample: Sample) -> list[Image.Image]:
         """The sample's images as the model sees them."""
-        return [self._fit(p) for p in sample.images]
+        fit = lambda path: fit_image(load_image(path), self.min_pixels, self.max_pixels)[0]  # noqa: E731
+        return [self._get(self._images, p, fit) for p in sample.images]
+
+    def videos(self, sample: Sample) -> list[VideoClip]:
+        """The sample's videos as the model sees them (sampled frames and their timestamps)."""
+        if sample.videos and self.video is None:
+            raise ValueError(f"sample {sample.id} has videos but no video budget was given")
+        return [self._get(self._videos, p, lambda path: load_video(path, self.video)) for p in sample.videos]
+
+    def inputs(self, samples: list[Sample]) -> tuple[list[list[Image.Image]], list[list[VideoClip]]]:
+        """``(images, videos)`` per sample: the last two arguments of ``rollout.hf.encode_prompts``."""
+        return [self.images(s) for s in samples], [self.videos(s) for s in samples]
+
+
+def load_context(model: ModelConfig) -> LoadContext:
+    """What tasks need to build samples for ``model``: its image and video budgets and the cache folder."""
+    return LoadContext(model.min_pixels, model.max_pixels, model.cache_dir, video=model.video)
+
+
+def media_cache(model: ModelConfig) -> MediaCache:
+    """Images and videos prepared for ``model``'s budgets."""
+    return MediaCache(model.min_pixels, model.max_pixels, model.video)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mmrl.data import ImageCache
+from mmrl.data import MediaCache
 from mmrl.rollout.hf import encode_prompts, generate
 from mmrl.types import Sample
 
 
 def generate_outputs(
-    model, processor, samples: list[Sample], images: ImageCache, *, batch_size: int, max_new_tokens: int,
+    model, processor, samples: list[Sample], media: MediaCache, *, batch_size: int, max_new_tokens: int,
     suppress_ids: list[int], progress: bool = True, desc: str = "eval",
 ) -> list[str]:
     """Greedy completions for ``samples``, in order."""
@@ -21,7 +21,7 @@ def generate_outputs(
     with torch.no_grad():
         for i in tqdm(range(0, len(samples), batch_size), desc=desc, disable=not progress, leave=False):
             chunk = samples[i : i + batch_size]
-            batch = encode_prompts(processor, chunk, [images.images(s) for s in chunk]).to(device)
+            batch = encode_prompts(processor, chunk, *media.inputs(chunk)).to(device)
             out = generate(model, processor, batch, max_new_tokens=max_new_tokens, do_sample=False,
                            suppress_ids=suppress_ids)
             outputs.extend(out.texts)

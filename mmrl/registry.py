@@ -7,6 +7,7 @@ from mmrl.errors import ConfigError
 
 TASKS = {
     "gui_grounding": "tasks.gui_grounding:GuiGrounding",
+    "temporal_grounding": "tasks.temporal_grounding:TemporalGrounding",
 }
 """Task name -> ``module:Class`` of its adapter (imported on first use)."""
 

@@ -8,21 +8,21 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 from mmrl.config import SFTConfig
-from mmrl.data import ImageCache, indices_for_step
+from mmrl.data import MediaCache, indices_for_step
 from mmrl.optim import make_optimizer
 from mmrl.rollout.hf import encode_answers, encode_prompts, token_logprobs
 from mmrl.types import Sample
 
 
-def sft_loss(model, processor, samples: list[Sample], images: ImageCache, device):
+def sft_loss(model, processor, samples: list[Sample], media: MediaCache, device):
     """Mean negative log-likelihood of the answers' tokens (EOS included) given the prompts."""
-    batch = encode_prompts(processor, samples, [images.images(s) for s in samples]).to(device)
+    batch = encode_prompts(processor, samples, *media.inputs(samples)).to(device)
     ids, mask = encode_answers(processor.tokenizer, [s.answer for s in samples])
     logp = token_logprobs(model, batch, ids, mask)
     return -logp.sum() / mask.to(logp.device).sum()
 
 
-def cold_start(model, processor, samples: list[Sample], images: ImageCache, cfg: SFTConfig, accelerator, *,
+def cold_start(model, processor, samples: list[Sample], media: MediaCache, cfg: SFTConfig, accelerator, *,
                seed: int, max_grad_norm: float, progress: bool, log) -> None:
     """Run ``cfg.steps`` SFT steps in place; ``log(step, metrics)`` receives the loss of each step."""
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, "constant")
@@ -32,7 +32,7 @@ def cold_start(model, processor, samples: list[Sample], images: ImageCache, cfg:
     bar = tqdm(range(cfg.steps), desc="cold start (SFT)", disable=not (progress and accelerator.is_main_process))
     for step in bar:
         rows = indices_for_step(len(samples), step, cfg.batch_size, seed)[rank::world]
-        loss = sft_loss(model, processor, [samples[i] for i in rows], images, accelerator.device)
+        loss = sft_loss(model, processor, [samples[i] for i in rows], media, accelerator.device)
         accelerator.backward(loss)
         if max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)

@@ -56,6 +56,7 @@ def group_record(step: int, group: Group) -> dict[str, Any]:
         "id": s.id,
         "prompt": s.prompt,
         "images": s.images,
+        "videos": s.videos,
         "answer": s.answer,
         "fields": s.fields,
         "completions": group.completions,
@@ -65,6 +66,7 @@ def group_record(step: int, group: Group) -> dict[str, Any]:
         "lengths": group.lengths,
         "truncated": group.truncated,
         "trained": group.trained,
+        "offpolicy": group.offpolicy,
     }
 
 

@@ -30,10 +30,10 @@ from mmrl import checkpoint
 from mmrl.algorithms import Algorithm, build_algorithm
 from mmrl.algorithms import sampling as sampling_lib
 from mmrl.algorithms.advantages import compute_advantages, group_stats
-from mmrl.algorithms.losses import PolicyBatch, positive_lengths
+from mmrl.algorithms.losses import PolicyBatch, offpolicy_guidance, positive_lengths
 from mmrl.algorithms.token_weights import TokenBatch, entropy, number_token_ids
 from mmrl.config import GRPOConfig, TrainConfig, build, to_dict
-from mmrl.data import ImageCache
+from mmrl.data import load_context, media_cache
 from mmrl.errors import ConfigError
 from mmrl.evaluate import generate_outputs, score_outputs
 from mmrl.models.load import load_policy, placeholder_ids, resolve_path
@@ -44,7 +44,6 @@ from mmrl.rollout.hf import gather_logprobs
 from mmrl.rollout.shared import unsupported_reason
 from mmrl.sft import cold_start
 from mmrl.store import RunDir, claim_run_dir, publish_dir
-from mmrl.types import LoadContext
 
 
 def frozen_reference(model, cfg: TrainConfig, needs_reference: bool):
@@ -99,7 +98,7 @@ def kl_penalty(policy, ref_model, ro: Rollouts, chunks, g: GRPOConfig, algo: Alg
     return -torch.cat(per_row).double()
 
 
-def collect(policy, processor, prompts, train_set, images, rewards, g: GRPOConfig, algo: Algorithm,
+def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig, algo: Algorithm,
             suppress, accelerator, shared: bool) -> Rollouts:
     """Draw this step's prompts (this rank's share) and sample, score and filter their groups.
 
@@ -108,7 +107,8 @@ def collect(policy, processor, prompts, train_set, images, rewards, g: GRPOConfi
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     sampling = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                    micro_batch_size=g.micro_batch_size, suppress=suppress, device=accelerator.device, shared=shared)
+                    micro_batch_size=g.micro_batch_size, suppress=suppress, device=accelerator.device, shared=shared,
+                    answer_slot=g.ground_truth_slot)
 
     drawn: list[int] = []  # this rank's dataset indices; group id k is drawn[k]
 
@@ -116,7 +116,7 @@ def collect(policy, processor, prompts, train_set, images, rewards, g: GRPOConfi
         mine = prompts.draw(count)[rank::world]
         first = len(drawn)
         drawn.extend(mine)
-        draw = lambda batch, n, ids: sample_groups(policy, processor, batch, n, ids, images, rewards, **sampling)
+        draw = lambda batch, n, ids: sample_groups(policy, processor, batch, n, ids, media, rewards, **sampling)
         return algo.rollout(draw, [train_set[i] for i in mine], g.group_size, first)
 
     parts = [sample(g.prompts_per_step)]
@@ -161,7 +161,11 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
                     group_mean=group_mean[sl].to(device), positive_len=positive_len[sl].to(device),
                     ref_logp=ref_logps[k] if ref_logps is not None else None)
                 terms = algo.policy_loss(batch)
-                tok_loss = terms.loss * algo.token_weight(TokenBatch(
+                policy_tok = terms.loss
+                if ro.offpolicy is not None and ro.offpolicy[sl].any():
+                    guided = offpolicy_guidance(logp, batch.advantages, g.ground_truth_gamma)
+                    policy_tok = torch.where(ro.offpolicy[sl].to(device)[:, None], guided, policy_tok)
+                tok_loss = policy_tok * algo.token_weight(TokenBatch(
                     ids=ro.ids[sl].to(device), mask=mask, group_ids=ro.group_ids[sl].to(device),
                     number_mask=torch.isin(ro.ids[sl], number_ids).to(device),
                     entropy=entropy(log_dist, mask) if algo.needs_entropy else None,
@@ -204,11 +208,11 @@ def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, 
     return metrics
 
 
-def run_eval(task, model, processor, samples, images, cfg: TrainConfig, suppress, accelerator, desc) -> dict:
+def run_eval(task, model, processor, samples, media, cfg: TrainConfig, suppress, accelerator, desc) -> dict:
     """Greedy evaluation on the main process (others wait); returns the task's mean scores."""
     result = {}
     if accelerator.is_main_process:
-        outputs = generate_outputs(accelerator.unwrap_model(model), processor, samples, images,
+        outputs = generate_outputs(accelerator.unwrap_model(model), processor, samples, media,
                                    batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
                                    suppress_ids=suppress, progress=cfg.progress, desc=desc)
         result = score_outputs(task, samples, outputs)
@@ -216,13 +220,13 @@ def run_eval(task, model, processor, samples, images, cfg: TrainConfig, suppress
     return result
 
 
-def cold_start_model(cfg: TrainConfig, task, train_set, images, run: RunDir, accelerator) -> str:
+def cold_start_model(cfg: TrainConfig, task, train_set, media, run: RunDir, accelerator) -> str:
     """Run the SFT phase (if any) and save its product as a full checkpoint; returns RL's starting model path."""
     model, processor, path = load_policy(cfg.model)
     if cfg.sft.steps == 0:
         return path
     set_seed(cfg.seed)
-    cold_start(model, processor, train_set, images, cfg.sft, accelerator, seed=cfg.seed,
+    cold_start(model, processor, train_set, media, cfg.sft, accelerator, seed=cfg.seed,
                max_grad_norm=cfg.grpo.max_grad_norm, progress=cfg.progress, log=run.log_sft)
     model = accelerator.unwrap_model(model)
     if cfg.model.lora.enabled:
@@ -241,6 +245,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     """Run the whole recipe described in the module docstring; returns the summary dict."""
     g = cfg.grpo
     algo = build_algorithm(g)  # unknown names and hyperparameters fail here, before any work
+    if g.ground_truth_slot and (g.rollout != "fixed" or g.group_size < 2):
+        raise ConfigError("grpo.ground_truth_slot needs grpo.rollout=fixed and grpo.group_size >= 2")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     claim_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, delete=accelerator.is_main_process)
@@ -248,19 +254,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     run = RunDir(cfg.output_dir, main=accelerator.is_main_process)
     task = get_task(cfg.task)
     data_cfg = build(task.config_class, cfg.data, prefix="data.")
-    ctx = LoadContext(cfg.model.min_pixels, cfg.model.max_pixels, cfg.model.cache_dir)
+    ctx = load_context(cfg.model)
     with accelerator.main_process_first():
         train_set, eval_set = task.load("train", data_cfg, ctx), task.load("eval", data_cfg, ctx)
         resolved = resolve_path(cfg.model)
     rewards = select_rewards(task.reward_functions(data_cfg), cfg.rewards or task.default_rewards(data_cfg))
-    images = ImageCache(cfg.model.min_pixels, cfg.model.max_pixels)
+    media = media_cache(cfg.model)
     resume_from = checkpoint.latest(run.root) if cfg.resume else None
     run.write_json("config.json", to_dict(cfg))
 
     # 1. Cold start and the "before" evaluation (skipped when resuming: both are on disk).
     if resume_from is None:
         start_path = cold_start_model(replace(cfg, model=replace(cfg.model, path=resolved)), task, train_set,
-                                      images, run, accelerator)
+                                      media, run, accelerator)
     else:
         start_path = str(run.root / "sft_model") if (run.root / "sft_model").is_dir() else resolved
     model, processor, _ = load_policy(replace(cfg.model, path=start_path))
@@ -268,7 +274,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     number_ids = number_token_ids(processor.tokenizer)
     before = run.read_json("eval_before.json") if resume_from else None
     if before is None and cfg.eval.before_and_after:
-        before = run_eval(task, model, processor, eval_set, images, cfg, suppress, accelerator, "eval before RL")
+        before = run_eval(task, model, processor, eval_set, media, cfg, suppress, accelerator, "eval before RL")
         run.write_json("eval_before.json", before)
 
     # 2. RL setup: reference policy, optimizer, schedule, prompt sampler, resume.
@@ -296,12 +302,12 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         t0 = time.perf_counter()
         policy = accelerator.unwrap_model(model)
         policy.eval()
-        ro = collect(policy, processor, prompts, train_set, images, rewards, g, algo, suppress, accelerator, shared)
+        ro = collect(policy, processor, prompts, train_set, media, rewards, g, algo, suppress, accelerator, shared)
         policy.train()
         components = dict(ro.components)
         if g.beta > 0 and g.kl_in == "reward":
             ro.extra["kl_penalty"] = components["kl_penalty"] = kl_penalty(
-                policy, ref_model, ro, ro.chunks(processor, images, g.micro_batch_size, accelerator.device, shared),
+                policy, ref_model, ro, ro.chunks(processor, media, g.micro_batch_size, accelerator.device, shared),
                 g, algo)
         weights = {**{name: w for name, (_, w) in rewards.items()}, "kl_penalty": g.beta}
         ro.advantages = compute_advantages(components, weights, ro.group_ids, algo.advantage, g.reward_combine,
@@ -310,7 +316,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         if ro.keep is not None:  # Reinforce-Ada: train on the chosen groups, after all samples set the baseline
             rows = ro.keep.nonzero().flatten()
             ro = ro.subset(rows[torch.argsort(ro.group_ids[rows], stable=True)])  # groups contiguous again
-        chunks = ro.chunks(processor, images, g.micro_batch_size, accelerator.device, shared)
+        chunks = ro.chunks(processor, media, g.micro_batch_size, accelerator.device, shared)
         ref_logps = None
         if (g.beta > 0 and g.kl_in == "loss") or algo.needs_reference:
             ref_logps = reference_logprobs(policy, ref_model, ro, chunks, g.temperature)
@@ -332,7 +338,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     # 4. Final evaluation, model and summary.
     after = None
     if cfg.eval.before_and_after:
-        after = run_eval(task, model, processor, eval_set, images, cfg, suppress, accelerator, "eval after RL")
+        after = run_eval(task, model, processor, eval_set, media, cfg, suppress, accelerator, "eval after RL")
     summary = {"task": cfg.task, "steps": g.steps, "before": before, "after": after,
                "model": str(Path(start_path)), "output_dir": str(run.root)}
     return finish(run, accelerator.unwrap_model(model), processor, accelerator, summary)

@@ -245,3 +245,20 @@ def asymre(b: PolicyBatch, *, tau: float = 0.1) -> LossTerms:
     SFT-like pull ``-tau logp`` on the sampled data; policy improvement is guaranteed off-policy for tau > 0.
     Use with ``advantage: dr_grpo``."""
     return LossTerms(-(b.advantages.unsqueeze(-1) + tau) * b.logp, None)
+
+
+def offpolicy_guidance(logp: torch.Tensor, advantages: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
+    """Per-token loss of an off-policy completion (TempSamp-R1's ground-truth slot): ``-A f(pi_theta)``.
+
+    The ground truth was not sampled from any policy: its behaviour probability is taken as 1, so the importance
+    ratio is ``pi_theta(y_t)`` itself and is not clipped (clipping against a ratio that is not near 1 would cut
+    the guidance off). ``gamma > 0`` applies the regularised shaping of off-policy guidance in LUFFY (Yan et al.
+    2025, "Learning to Reason under Off-Policy Guidance"), ``f(p) = p / (p + gamma)``, whose gradient
+    ``gamma / (p + gamma)^2`` lifts low-probability tokens of the guidance instead of letting ``p`` scale them
+    towards 0; ``gamma = 0`` is the plain ratio ``f(p) = p``. TempSamp-R1's abstract says off-policy guidance is
+    mixed into the group; this weighting is our choice (its code was not available), documented in
+    docs/algorithms.md.
+    """
+    p = torch.exp(logp)
+    shaped = p / (p + gamma) if gamma > 0 else p
+    return -advantages[:, None] * shaped

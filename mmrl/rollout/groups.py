@@ -12,9 +12,9 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mmrl.data import ImageCache
+from mmrl.data import MediaCache
 from mmrl.errors import ConfigError
-from mmrl.rollout.hf import encode_prompts, generate, sanitize, token_distributions
+from mmrl.rollout.hf import encode_answers, encode_prompts, generate, sanitize, token_distributions
 from mmrl.rollout.shared import shared_generate, shared_token_distributions
 from mmrl.types import Group, Sample
 
@@ -76,11 +76,13 @@ class Rollouts:
     samples more completions than it trains on; the rest only inform the advantage statistics."""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     """Further per-row values (e.g. the KL penalty put in the reward)."""
+    offpolicy: torch.Tensor | None = None
+    """[N] bool, rows that hold the ground-truth answer instead of a sample (TempSamp-R1); None: none do."""
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def chunks(self, processor, images: ImageCache, size: int, device, shared: bool = False) -> list[Chunk]:
+    def chunks(self, processor, media: MediaCache, size: int, device, shared: bool = False) -> list[Chunk]:
         """Micro-batches of about ``size`` completions with their prompt encodings. ``shared``: whole groups per
         micro-batch and one encoded prompt per group (falls back to per-completion prompts when the rows are not
         consecutive equal-size groups); otherwise the generation's encodings are reused when present."""
@@ -92,13 +94,13 @@ class Rollouts:
             self.encodings = []
             for sl in slices(len(self), step):
                 firsts = self.samples[sl][::group]
-                enc = encode_prompts(processor, firsts, [images.images(s) for s in firsts]).to(device)
+                enc = encode_prompts(processor, firsts, *media.inputs(firsts)).to(device)
                 self.encodings.append(Chunk(sl, enc, group))
         elif self.encodings is None or self.encodings[0].group_size != 1:
             self.encodings = []
             for sl in slices(len(self), size):
                 rows = self.samples[sl]
-                enc = encode_prompts(processor, rows, [images.images(s) for s in rows]).to(device)
+                enc = encode_prompts(processor, rows, *media.inputs(rows)).to(device)
                 self.encodings.append(Chunk(sl, enc, 1))
         return self.encodings
 
@@ -111,7 +113,7 @@ class Rollouts:
             mask=self.mask[rows], texts=[self.texts[i] for i in idx], truncated=self.truncated[rows],
             components={k: v[rows] for k, v in self.components.items()}, total=self.total[rows],
             encodings=None, advantages=pick(self.advantages), weight=pick(self.weight), keep=pick(self.keep),
-            extra={k: v[rows] for k, v in self.extra.items()},
+            extra={k: v[rows] for k, v in self.extra.items()}, offpolicy=pick(self.offpolicy),
         )
 
 
@@ -136,6 +138,7 @@ def concat(parts: list[Rollouts]) -> Rollouts:
         components={k: torch.cat([p.components[k] for p in parts]) for k in parts[0].components},
         total=torch.cat([p.total for p in parts]), pad_id=pad_id,
         dropped_placeholders=sum(p.dropped_placeholders for p in parts),
+        offpolicy=None if parts[0].offpolicy is None else torch.cat([p.offpolicy for p in parts]),
     )
 
 
@@ -156,36 +159,59 @@ def score(rewards: dict[str, tuple[Callable, float]], completions: list[str], sa
     return parts, total
 
 
-def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: list[int], images: ImageCache,
+def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: list[int], media: MediaCache,
                   rewards, *, micro_batch_size: int, suppress: list[int], device, shared: bool = False,
-                  **sampling) -> Rollouts:
-    """``n`` sampled completions of each prompt, scored; prompt k's rows get group id ``group_ids[k]``.
+                  answer_slot: bool = False, **sampling) -> Rollouts:
+    """``n`` completions of each prompt, scored; prompt k's rows get group id ``group_ids[k]``.
 
-    ``shared``: each prompt is encoded and prefilled once and its ``n`` completions decoded from the repeated
-    KV cache (``shared_generate``); otherwise HF ``generate`` on the prompt repeated ``n`` times. ``sampling``:
+    ``shared``: each prompt is encoded and prefilled once and its completions decoded from the repeated KV cache
+    (``shared_generate``); otherwise HF ``generate`` on the prompt repeated. ``answer_slot`` (TempSamp-R1
+    off-policy guidance): ``n - 1`` completions are sampled and the last row of each group is the sample's
+    ground-truth answer, scored like the others and flagged in ``Rollouts.offpolicy``. ``sampling``:
     ``max_new_tokens``, ``temperature``, ``top_p``.
     """
-    rows = [s for s in prompts for _ in range(n)]
+    drawn = n - 1 if answer_slot else n
+    rows = [s for s in prompts for _ in range(drawn)]
     encodings, outs = [], []
-    step = max(n, micro_batch_size // n * n) if shared else micro_batch_size
+    step = max(drawn, micro_batch_size // drawn * drawn) if shared else micro_batch_size
     for sl in slices(len(rows), step):
-        firsts = rows[sl][::n] if shared else rows[sl]
-        enc = encode_prompts(processor, firsts, [images.images(s) for s in firsts]).to(device)
-        encodings.append(Chunk(sl, enc, n if shared else 1))
+        firsts = rows[sl][::drawn] if shared else rows[sl]
+        enc = encode_prompts(processor, firsts, *media.inputs(firsts)).to(device)
+        encodings.append(Chunk(sl, enc, drawn if shared else 1))
         if shared:
-            outs.append(shared_generate(model, processor, enc, n, suppress_ids=suppress, **sampling))
+            outs.append(shared_generate(model, processor, enc, drawn, suppress_ids=suppress, **sampling))
         else:
             outs.append(generate(model, processor, enc, do_sample=True, suppress_ids=suppress, **sampling))
     pad = processor.tokenizer.pad_token_id
     ids, mask = _pad_cat([o.ids for o in outs], pad), _pad_cat([o.mask for o in outs], 0)
+    texts, truncated = [t for o in outs for t in o.texts], [t for o in outs for t in o.truncated]
+    offpolicy = torch.zeros(len(rows), dtype=torch.bool)
+    if answer_slot:
+        ids, mask, texts, truncated, offpolicy = with_answer_slots(processor.tokenizer, prompts, ids, mask, texts,
+                                                                   truncated, drawn)
+        rows, encodings = [s for s in prompts for _ in range(n)], None
     ids, mask, dropped = sanitize(ids, mask, suppress, pad)
-    texts = [t for o in outs for t in o.texts]
     components, total = score(rewards, texts, rows)
     return Rollouts(
         samples=rows, group_ids=torch.tensor(group_ids, dtype=torch.long).repeat_interleave(n),
-        ids=ids, mask=mask, texts=texts, truncated=torch.tensor([t for o in outs for t in o.truncated]),
+        ids=ids, mask=mask, texts=texts, truncated=torch.tensor(truncated),
         components=components, total=total, pad_id=pad, dropped_placeholders=dropped, encodings=encodings,
+        offpolicy=offpolicy,
     )
+
+
+def with_answer_slots(tokenizer, prompts: list[Sample], ids: torch.Tensor, mask: torch.Tensor, texts: list[str],
+                      truncated: list[bool], drawn: int):
+    """Append each prompt's ground-truth answer (+ EOS) after its ``drawn`` sampled rows; returns the new
+    ``ids, mask, texts, truncated`` and the ``offpolicy`` row flags."""
+    k = len(ids)
+    answer_ids, answer_mask = encode_answers(tokenizer, [s.answer for s in prompts])
+    order = [i for p in range(len(prompts)) for i in [*range(p * drawn, (p + 1) * drawn), k + p]]
+    ids = _pad_cat([ids, answer_ids], tokenizer.pad_token_id)[order]
+    mask = _pad_cat([mask, answer_mask], 0)[order]
+    all_texts, all_truncated = [*texts, *(s.answer for s in prompts)], [*truncated, *[False] * len(prompts)]
+    offpolicy = torch.tensor([i >= k for i in order])
+    return ids, mask, [all_texts[i] for i in order], [all_truncated[i] for i in order], offpolicy
 
 
 def to_groups(ro: Rollouts) -> list[Group]:
@@ -200,6 +226,7 @@ def to_groups(ro: Rollouts) -> list[Group]:
             rewards={k: pick(v) for k, v in ro.components.items()}, total=pick(ro.total),
             advantages=pick(ro.advantages), truncated=pick(ro.truncated), lengths=pick(lengths),
             trained=[bool(w) for w in pick(ro.weight)],
+            offpolicy=pick(ro.offpolicy) if ro.offpolicy is not None else [False] * len(rows),
         ))
     return groups
 

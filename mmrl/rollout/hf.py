@@ -6,34 +6,63 @@ padding and dropped from the loss mask, so the forward pass never sees more imag
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from mmrl.types import IMAGE_MARK, Sample
+from mmrl.errors import DataError
+from mmrl.types import IMAGE_MARK, VIDEO_MARK, Sample
+from mmrl.vision import VideoClip, check_vision_tokens
+
+
+_MARK_RE = re.compile(f"({re.escape(IMAGE_MARK)}|{re.escape(VIDEO_MARK)})")
 
 
 def chat_messages(sample: Sample) -> list[dict]:
-    """One user turn. Each ``<image>`` mark in the prompt is replaced by the next image; images without a mark
-    come first (Qwen's convention)."""
-    parts = sample.prompt.split(IMAGE_MARK)
-    if len(parts) - 1 > len(sample.images):
-        raise ValueError(f"sample {sample.id}: {len(parts) - 1} {IMAGE_MARK} marks but {len(sample.images)} images")
-    content = [{"type": "image"} for _ in range(len(sample.images) - (len(parts) - 1))]
+    """One user turn. Each ``<image>`` / ``<video>`` mark in the prompt is replaced by the sample's next image /
+    video; media without a mark come first, videos before images (Qwen's convention)."""
+    parts = _MARK_RE.split(sample.prompt)
+    marks = parts[1::2]
+    for mark, media, kind in ((IMAGE_MARK, sample.images, "images"), (VIDEO_MARK, sample.videos, "videos")):
+        if marks.count(mark) > len(media):
+            raise ValueError(f"sample {sample.id}: {marks.count(mark)} {mark} marks but {len(media)} {kind}")
+    content = [{"type": "video"} for _ in range(len(sample.videos) - marks.count(VIDEO_MARK))]
+    content += [{"type": "image"} for _ in range(len(sample.images) - marks.count(IMAGE_MARK))]
     for i, text in enumerate(parts):
-        if i > 0:
-            content.append({"type": "image"})
-        if text:
+        if i % 2:
+            content.append({"type": "image" if text == IMAGE_MARK else "video"})
+        elif text:
             content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
 
 
-def encode_prompts(processor, samples: list[Sample], images: list[list[Image.Image]]):
-    """Chat-template and process a batch of prompts (left padding) with their already-resized images."""
+def encode_prompts(processor, samples: list[Sample], images: list[list[Image.Image]],
+                   videos: list[list[VideoClip]] | None = None):
+    """Chat-template and process a batch of prompts (left padding) with their already-resized images and videos
+    (frames sampled and resized by ``mmrl.vision.load_video``; the processor neither resamples nor resizes them,
+    and gets each video's frame timestamps so Qwen2.5-VL's temporal rope positions are in absolute time).
+
+    Before the model sees it, the batch is checked: a processor failure on a sample's vision inputs, or a prompt
+    whose vision placeholder tokens differ in number from its images'/videos' features, raises ``DataError``
+    naming the samples (instead of the model's "image features and image tokens do not match")."""
     texts = [processor.apply_chat_template(chat_messages(s), add_generation_prompt=True, tokenize=False) for s in samples]
-    flat = [img for imgs in images for img in imgs]
-    return processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+    flat_images = [img for imgs in images for img in imgs]
+    clips = [clip for clips in (videos or []) for clip in clips]
+    video_kwargs = {}
+    if clips:
+        video_kwargs = dict(videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],
+                            do_sample_frames=False, do_resize=False, cap_pixels_per_frame=False)
+    ids = ", ".join(s.id for s in samples)
+    try:
+        batch = processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt", **video_kwargs)
+    except (ValueError, IndexError, RuntimeError) as e:
+        raise DataError(f"samples {ids}: the processor rejected their vision inputs: {e}") from e
+    check_vision_tokens(batch["input_ids"], batch.get("image_grid_thw"), batch.get("video_grid_thw"),
+                        image_token_id=processor.image_token_id, video_token_id=processor.video_token_id,
+                        merge_size=processor.image_processor.merge_size, sample_ids=[s.id for s in samples])
+    return batch
 
 
 def completion_mask(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:

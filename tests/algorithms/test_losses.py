@@ -307,3 +307,23 @@ def test_all_masked_sequence_contributes_nothing(make_batch, name):
     token_mean(loss, mask, 3, 2, 4).backward()
     assert torch.isfinite(logp.grad).all()
     assert torch.equal(logp.grad[1], torch.zeros(4))
+
+
+# ---------------------------------------------------------------- off-policy guidance (TempSamp-R1 ground-truth slot)
+
+
+def test_offpolicy_guidance_uses_pi_theta_as_the_ratio_and_shapes_it():
+    from mmrl.algorithms.losses import offpolicy_guidance
+
+    # p = exp(logp) = [e^-1, e^-0.5, e^-2] = [0.367879, 0.606531, 0.135335], A = 2.
+    # gamma = 0: loss = -A p = [-0.735759, -1.213061, -0.270671]; d loss / d logp = -A p.
+    logp = torch.tensor([LOGP], requires_grad=True)
+    loss = offpolicy_guidance(logp, torch.tensor([2.0]), gamma=0.0)
+    assert loss[0].tolist() == pytest.approx([-0.735759, -1.213061, -0.270671], abs=1e-6)
+    assert grad_of(loss, logp) == pytest.approx([-0.735759, -1.213061, -0.270671], abs=1e-6)
+    # gamma = 0.1: f = p / (p + 0.1) = [0.786270, 0.858463, 0.575074]; loss = -2 f;
+    # d f / d logp = p * 0.1 / (p + 0.1)^2 = [0.168050, 0.121504, 0.244364] -> gradient -2x that.
+    logp = torch.tensor([LOGP], requires_grad=True)
+    loss = offpolicy_guidance(logp, torch.tensor([2.0]), gamma=0.1)
+    assert loss[0].tolist() == pytest.approx([-1.572539, -1.716927, -1.150149], abs=1e-5)
+    assert grad_of(loss, logp) == pytest.approx([-0.336099, -0.243008, -0.488728], abs=1e-5)

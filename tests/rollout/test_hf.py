@@ -221,3 +221,34 @@ def test_chat_messages_places_images_at_marks():
     assert [p["type"] for p in two] == ["text", "image", "text", "image"]
     with pytest.raises(ValueError, match="sample d"):
         chat_messages(Sample("d", "<image><image>", images=["x.png"]))
+
+
+def test_chat_messages_places_videos_first_or_at_marks():
+    from mmrl.rollout.hf import chat_messages
+
+    both = chat_messages(Sample("a", "when?", images=["x.png"], videos=["v.mp4"]))[0]["content"]
+    assert [p["type"] for p in both] == ["video", "image", "text"]
+    marked = chat_messages(Sample("b", "see <video> and <image> now", images=["x.png"], videos=["v.mp4"]))[0]
+    assert [p["type"] for p in marked["content"]] == ["text", "video", "text", "image", "text"]
+    with pytest.raises(ValueError, match="sample c: 2 <video> marks but 1 videos"):
+        chat_messages(Sample("c", "<video><video>", videos=["v.mp4"]))
+
+
+def test_answer_slots_follow_each_groups_samples(tok):
+    from mmrl.rollout.groups import with_answer_slots
+
+    # 2 prompts x 2 sampled rows each (width 3); each group gets its ground truth (+ EOS) as a third row.
+    prompts = [Sample("p0", "q", answer="<answer>1.0 to 2.0</answer>"), Sample("p1", "q", answer="(3, 4)")]
+    ids = torch.tensor([[5, EOS, tok.pad_token_id], [6, 7, EOS], [8, EOS, tok.pad_token_id], [9, 9, 9]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    texts, truncated = ["a", "b", "c", "d"], [False, False, False, True]
+    out_ids, out_mask, out_texts, out_trunc, off = with_answer_slots(tok, prompts, ids, mask, texts, truncated, 2)
+    assert out_texts == ["a", "b", prompts[0].answer, "c", "d", prompts[1].answer]
+    assert out_trunc == [False, False, False, False, True, False]
+    assert off.tolist() == [False, False, True, False, False, True]
+    for row, answer in ((2, prompts[0].answer), (5, prompts[1].answer)):
+        n = int(out_mask[row].sum())
+        assert out_ids[row, :n].tolist() == tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert (out_ids[row, n:] == tok.pad_token_id).all()
+    assert out_ids[1, :3].tolist() == [6, 7, EOS] and out_mask[1, 3:].sum() == 0  # sampled rows only padded
+    assert out_ids.shape[1] == max(3, int(out_mask.sum(-1).max()))

@@ -41,7 +41,7 @@ def cmd_select(args) -> None:
 def cmd_make_tiny(args) -> None:
     from mmrl.models.tiny import make_tiny
 
-    out = make_tiny(args.out_dir, family=args.family, size=args.size, seed=args.seed)
+    out = make_tiny(args.out_dir, family=args.family, size=args.size, seed=args.seed, rope_theta=args.rope_theta)
     print(f"wrote tiny {args.family} ({args.size}) checkpoint to {out}")
 
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen2_vl"])
     p.add_argument("--size", default="tiny", choices=["tiny", "small"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rope-theta", type=float, help="rotary base of the text model (default: the size's, 10)")
     p.set_defaults(func=cmd_make_tiny)
 
     ev = sub.add_parser("eval", help="evaluate on a benchmark").add_subparsers(dest="benchmark", required=True)

@@ -45,6 +45,10 @@ class ModelConfig:
     """Family of the tiny model built when ``path: tiny`` (qwen2_5_vl or qwen2_vl)."""
     tiny_size: str = "tiny"
     """Size of the tiny model built when ``path: tiny`` (tiny or small)."""
+    tiny_rope_theta: float | None = None
+    """Rotary base of the tiny model built when ``path: tiny`` (null: the size's own, 10). Video prompts put
+    their visual tokens ~100 positions before the answer; at base 10 every rotary frequency turns several times
+    over that distance, so content-based attention that far back is hard for a tiny model."""
     cache_dir: str = "~/.cache/mmrl"
     """Where tiny models and synthetic data are cached."""
     dtype: str = "auto"

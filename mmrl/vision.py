@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -179,6 +179,10 @@ class VideoBudget:
     """Area budget of all sampled frames together: each frame gets at most ``2 * total_pixels / n_frames``."""
     factor: int = 28
     """Resized sides are multiples of this: the patch size (14) times the spatial merge (2)."""
+    timestamps: bool = False
+    """Qwen3-VL-style textual timestamps: each temporal patch (2 frames) becomes its own video preceded by its time
+    as text, ``<1.5s>``, instead of one video whose time is only in the rotary positions. A model that reads times
+    from text needs no temporal position readout (what a tiny model fails to learn)."""
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
@@ -207,11 +211,20 @@ class VideoClip:
     sample_fps: float
     info: VideoInfo
 
+    timestamped: bool = False
+    """Whether prompts show this clip as timestamped temporal patches (``VideoBudget.timestamps``)."""
+
     def metadata(self) -> dict:
         """What transformers' video processor needs (``video_metadata``) to place the already-sampled frames in
-        time: Qwen2.5-VL's ``second_per_grid_ts`` comes from its ``sampled_fps`` = frames / total * fps."""
-        return {"total_num_frames": self.info.n_frames, "fps": self.info.fps,
-                "frames_indices": [round(t * self.info.fps) for t in self.timestamps]}
+        time: Qwen2.5-VL's ``second_per_grid_ts`` = temporal patch / ``sampled_fps``, and ``sampled_fps`` =
+        frames / total * fps, here ``sample_fps``."""
+        return {"total_num_frames": len(self.frames), "fps": self.sample_fps,
+                "frames_indices": list(range(len(self.frames)))}
+
+    def chunks(self, size: int) -> list[VideoClip]:
+        """Consecutive clips of ``size`` frames (one temporal patch each when ``size`` is the patch size)."""
+        return [replace(self, frames=self.frames[i : i + size], timestamps=self.timestamps[i : i + size])
+                for i in range(0, len(self.frames), size)]
 
 
 _DECORD_LOG_HEADER = re.compile(r"^\[[\d:]+\] \S+:\d+: (?:Check failed: [^()]*\([^()]*\) )?")
@@ -347,7 +360,7 @@ def load_video(path: str | Path, budget: VideoBudget) -> VideoClip:
             f"give {indices} at {size}: mmrl.vision does not mirror this qwen-vl-utils version"
         )
     frames = frames.round().clamp(0, 255).to(torch.uint8)
-    return VideoClip(frames, frame_times(info, indices), float(sample_fps), info)
+    return VideoClip(frames, frame_times(info, indices), float(sample_fps), info, budget.timestamps)
 
 
 PAD_TOKENS = {"image": "<|image_pad|>", "video": "<|video_pad|>"}

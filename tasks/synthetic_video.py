@@ -7,8 +7,8 @@ shapes of one video have distinct colours, so a sentence naming colour and shape
 Times are exact: frame ``k`` shows time ``k / fps``; an event's start and end are multiples of 0.1 s (kept as
 integer tenths, so no float rounding enters), and its shape is drawn in frame ``k`` exactly when
 ``start <= k / fps < end``. An event's length is drawn uniformly between ``min_event`` and ``max_event`` seconds
-(capped by the video) and its start uniformly where it fits, so with short events no constant answer scores
-well; every event covers at least one frame.
+(capped by the video) and its start uniformly where it fits, both on a grid of ``time_step`` seconds, so with
+short events no constant answer scores well; every event covers at least one frame.
 A video has ``round(d * fps)`` frames (at least 2) for a duration ``d`` drawn from ``duration``, so its length
 is ``n_frames / fps`` seconds, what ``mmrl.vision.probe_video`` reports.
 
@@ -108,7 +108,7 @@ def _n_frames(seconds: float, fps: int) -> int:
 
 
 def _check_args(width: int, height: int, fps: int, duration: tuple[float, float], n_events: int,
-                min_event: float, max_event: float | None) -> None:
+                min_event: float, max_event: float | None, time_step: float, shape_scale: float) -> None:
     """Raise ``ConfigError`` naming the first bad argument."""
     if width % 2 or height % 2 or min(width, height) < 16:
         raise ConfigError(f"width and height must be even and >= 16 (yuv420p), got {width}x{height}")
@@ -116,23 +116,31 @@ def _check_args(width: int, height: int, fps: int, duration: tuple[float, float]
         raise ConfigError(f"fps must be a positive integer, got {fps!r}")
     if not 0 < duration[0] <= duration[1]:
         raise ConfigError(f"duration must be (low, high) with 0 < low <= high, got {duration}")
-    if not 1 <= n_events <= len(COLOURS) or min(height // n_events, width // 3) - 2 * MARGIN < MIN_SHAPE:
+    if not 0 < shape_scale < 1:
+        raise ConfigError(f"shape_scale must be in (0, 1), got {shape_scale}")
+    if not 1 <= n_events <= len(COLOURS) or min(height // n_events, int(width * shape_scale)) - 2 * MARGIN < MIN_SHAPE:
         raise ConfigError(f"n_events must be in 1..{len(COLOURS)} with lanes of at least {MIN_SHAPE + 2 * MARGIN}"
                           f" px on a {width}x{height} frame, got {n_events}")
     if _tenths(min_event) * fps < 10:
         raise ConfigError(f"min_event must be at least one frame (1/fps = {1 / fps:.3g} s), got {min_event}")
     if max_event is not None and max_event < min_event:
         raise ConfigError(f"max_event={max_event} is shorter than min_event={min_event}")
+    if _tenths(time_step) < 1 or abs(time_step * 10 - _tenths(time_step)) > 1e-6:
+        raise ConfigError(f"time_step must be a positive multiple of 0.1 s, got {time_step}")
+    if -(-_tenths(min_event) // _tenths(time_step)) * _tenths(time_step) > (
+            _tenths(max_event) if max_event is not None else _n_frames(duration[0], fps) * 10 // fps):
+        raise ConfigError(f"no multiple of time_step={time_step} lies between min_event and max_event")
     if _n_frames(duration[0], fps) * 10 // fps < _tenths(min_event):
         raise ConfigError(f"min_event={min_event} s does not fit in the shortest video ({duration[0]} s)")
 
 
 def _sample_event(rng: np.random.Generator, colour: str, lane: tuple[int, int], span: int, lengths: tuple[int, int],
-                  size: int) -> Event:
-    """An event of ``colour`` in ``lane`` = (top, height), inside ``[0, span]`` tenths, its length drawn from
-    ``lengths`` = (min, max) tenths (max capped at ``span``), its start uniformly where it fits."""
-    length = int(rng.integers(lengths[0], min(lengths[1], span) + 1))
-    start = int(rng.integers(0, span - length + 1))
+                  step: int, size: int) -> Event:
+    """An event of ``colour`` in ``lane`` = (top, height), inside ``[0, span]`` tenths: its length drawn from
+    ``lengths`` = (min, max) tenths (max capped at ``span``), its start uniformly where it fits, both multiples of
+    ``step`` tenths."""
+    length = step * int(rng.integers(-(-lengths[0] // step), min(lengths[1], span) // step + 1))
+    start = step * int(rng.integers(0, (span - length) // step + 1))
     end = start + length
     top = lane[0] + int(rng.integers(MARGIN, lane[1] - size - MARGIN + 1))
     shape, direction = str(rng.choice(SHAPES)), int(rng.choice((1, -1)))
@@ -155,19 +163,19 @@ def _draw(draw: ImageDraw.ImageDraw, event: Event, left: int) -> None:
 
 def make_video(seed: int, index: int, *, width: int = 56, height: int = 56, fps: int = 4,
                duration: tuple[float, float] = (8.0, 8.0), n_events: int = 1, min_event: float = 1.5,
-               max_event: float | None = None) -> SyntheticVideo:
+               max_event: float | None = None, time_step: float = 0.1, shape_scale: float = 1 / 3) -> SyntheticVideo:
     """Render video ``index`` of the stream for ``seed`` (a pure function of its arguments)."""
-    _check_args(width, height, fps, duration, n_events, min_event, max_event)
+    _check_args(width, height, fps, duration, n_events, min_event, max_event, time_step, shape_scale)
     rng = np.random.default_rng([seed, index])
     n_frames = _n_frames(float(rng.uniform(*duration)), fps)
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     lane_height = height // n_events
-    size = min(lane_height, width // 3) - 2 * MARGIN
+    size = min(lane_height, int(width * shape_scale)) - 2 * MARGIN
     colours = [str(c) for c in rng.choice(list(COLOURS), size=n_events, replace=False)]
     lanes = rng.permutation(n_events)
     events = [
         _sample_event(rng, colour, (int(lane) * lane_height, lane_height), n_frames * 10 // fps,
-                      (_tenths(min_event), _tenths(max_event) if max_event else 10**9), size)
+                      (_tenths(min_event), _tenths(max_event) if max_event else 10**9), _tenths(time_step), size)
         for colour, lane in zip(colours, lanes)
     ]
     frames = np.empty((n_frames, height, width, 3), dtype=np.uint8)
@@ -182,12 +190,15 @@ def make_video(seed: int, index: int, *, width: int = 56, height: int = 56, fps:
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
-    """Encode ``frames`` ``[T, H, W, 3]`` (uint8 RGB, even sides) to an MP4 file at ``fps`` frames a second."""
+    """Encode ``frames`` ``[T, H, W, 3]`` (uint8 RGB, even sides) to an MP4 file at ``fps`` frames a second.
+
+    One encoder thread: x264's frame threading makes the decoded pixels depend on thread timing."""
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), mode="w", format="mp4") as container:
         options = {"crf": "12"} if codec == "libx264" else {"b": "2M"}
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.thread_count = 1
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
@@ -195,13 +206,15 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
 
 def generate(out_dir: str | Path, n_videos: int, *, seed: int, width: int = 56, height: int = 56, fps: int = 4,
              duration: tuple[float, float] = (8.0, 8.0), n_events: int = 1, min_event: float = 1.5,
-             max_event: float | None = None, split_name: str = "train") -> Path:
+             max_event: float | None = None, time_step: float = 0.1, shape_scale: float = 1 / 3,
+             split_name: str = "train") -> Path:
     """Write ``n_videos`` videos under ``out_dir`` with a Charades-STA annotation file and return its path.
 
     Files: ``out_dir/videos/<split_name>_00000.mp4`` ... and ``out_dir/charades_<split_name>.txt``, one
     ``VID START END##sentence`` line per event, videos in order. ``duration`` is the (low, high) range the
     video lengths are drawn from, in seconds; ``min_event`` / ``max_event`` the shortest / longest event (None:
-up to the whole video). Raises ``ConfigError`` for bad
+up to the whole video); ``time_step`` the grid (seconds, a multiple of 0.1) event starts and lengths lie on;
+``shape_scale`` a shape's side as a fraction of the frame width (capped by its lane's height). Raises ``ConfigError`` for bad
     arguments.
     """
     if not re.fullmatch(r"[A-Za-z0-9_-]+", split_name):
@@ -211,7 +224,8 @@ up to the whole video). Raises ``ConfigError`` for bad
     lines = []
     for index in range(n_videos):
         video = make_video(seed, index, width=width, height=height, fps=fps, duration=tuple(duration),
-                           n_events=n_events, min_event=min_event, max_event=max_event)
+                           n_events=n_events, min_event=min_event, max_event=max_event, time_step=time_step,
+                           shape_scale=shape_scale)
         video_id = f"{split_name}_{index:05d}"
         write_mp4(out_dir / "videos" / f"{video_id}.mp4", video.frames, fps)
         lines.extend(video.lines(video_id))

@@ -64,7 +64,11 @@ class SyntheticVideoConfig:
     """Shortest event in seconds."""
     max_event: float | None = 3.0
     """Longest event in seconds (null: up to the whole video). Short events keep constant answers from scoring
-    well (with 1.5-3 s events in 8 s videos the best constant interval has mIoU of about 0.2)."""
+    well."""
+    time_step: float = 0.1
+    """Grid of event starts and lengths in seconds (a multiple of 0.1)."""
+    shape_scale: float = 0.3333
+    """Shape side as a fraction of the frame width (capped by its lane's height)."""
 
 
 @dataclass
@@ -101,7 +105,8 @@ def synthetic_annotations(cfg: SyntheticVideoConfig, split: str, cache_dir: str)
         tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
         synthetic_video.generate(tmp, n, seed=seed, width=cfg.width, height=cfg.height, fps=cfg.fps,
                                  duration=tuple(cfg.duration), n_events=cfg.n_events, min_event=cfg.min_event,
-                                 max_event=cfg.max_event, split_name=split)
+                                 max_event=cfg.max_event, time_step=cfg.time_step, shape_scale=cfg.shape_scale,
+                                 split_name=split)
         publish_dir(tmp, folder)
     return path
 
@@ -116,13 +121,14 @@ def thinks(record: CharadesRecord, cfg: TemporalGroundingData) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < cfg.think_ratio
 
 
-def format_answer(start: float, end: float, sentence: str, think: bool) -> str:
+def format_answer(start: float, end: float, think: bool) -> str:
     """The ground-truth completion as the policy should write it (the SFT target and TempSamp-R1's off-policy
-    slot); in thinking mode a short templated rationale comes first."""
+    slot); in thinking mode a short templated rationale comes first (real data has no rationale to imitate:
+    there, thinking is the policy's own, and the real recipes skip the cold start)."""
     answer = f"<answer>{temporal.format_interval(start, end)}</answer>"
     if not think:
         return answer
-    return f"<think>{sentence.rstrip('.')}: from {start:.1f} s to {end:.1f} s.</think>{answer}"
+    return f"<think>visible from {start:.1f} s to {end:.1f} s</think>{answer}"
 
 
 def to_sample(record: CharadesRecord, video: Path, cfg: TemporalGroundingData, budget: VideoBudget) -> Sample:
@@ -134,7 +140,7 @@ def to_sample(record: CharadesRecord, video: Path, cfg: TemporalGroundingData, b
         prompt=PROMPT.format(video=VIDEO_MARK, duration=info.duration, sentence=record.sentence,
                              instruction=INSTRUCTIONS[think]),
         videos=[str(video)],
-        answer=format_answer(record.start, record.end, record.sentence, think),
+        answer=format_answer(record.start, record.end, think),
         fields={
             "gt_interval": [record.start, record.end],
             "duration": info.duration,

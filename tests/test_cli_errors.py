@@ -79,7 +79,7 @@ def test_malformed_prediction_line(tmp_path, capsys):
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"id": 0, "output": "(15, 15)"}\n{"id": 1, "outp\n')
     err = run_cli(["eval", "screenspot", "--data", str(path), "--predictions", str(preds)], capsys)
-    assert f"{preds}: line 2" in err
+    assert f"{preds}:2: invalid JSON" in err
 
 
 def test_fresh_run_into_an_earlier_run_is_refused(tmp_path, capsys):

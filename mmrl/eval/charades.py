@@ -20,13 +20,13 @@ queries of missing or unreadable videos are left out of ``n`` and counted in ``s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmrl.errors import DataError
+from mmrl.eval import predictions
 from mmrl.eval.screenspot import write_json_atomic
 from mmrl.vision import probe_video
 from rewards.temporal import answer_iou, parse_interval
@@ -165,37 +165,16 @@ def score_outputs(
     return {**charades_metrics(ious), "unparsable": unparsable, "missing": missing}
 
 
-def _prediction(line: str, where: str) -> tuple[int, str]:
-    """``(id, output)`` from one JSON line ``{"id": int, "output": str}``."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for key in ("id", "output"):
-        if key not in row:
-            raise DataError(f"{where}: missing field {key!r}")
+def _record_id(row: dict[str, Any], where: str) -> int:
     if not isinstance(row["id"], int) or isinstance(row["id"], bool):
         raise DataError(f"{where}: field 'id' must be an integer (the 0-based annotation line number)")
-    if not isinstance(row["output"], str):
-        raise DataError(f"{where}: field 'output' must be a string")
-    return row["id"], row["output"]
+    return row["id"]
 
 
 def read_predictions(path: str | Path) -> dict[int, str]:
     """``{id: raw output}`` from a JSONL file of ``{"id": N, "output": "raw model text"}`` rows (blank lines
     skipped); ``DataError`` naming the file and 1-based line for a malformed row or a repeated id."""
-    path = Path(path)
-    outputs: dict[int, str] = {}
-    for lineno, line in enumerate(_read_lines(path, "predictions"), start=1):
-        if not line.strip():
-            continue
-        record_id, output = _prediction(line, f"{path}:{lineno}")
-        if record_id in outputs:
-            raise DataError(f"{path}:{lineno}: duplicate id {record_id}")
-        outputs[record_id] = output
-    return outputs
+    return predictions.read_predictions(path, _record_id)
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -220,6 +199,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-bad-samples", action="store_true",
         help="leave out malformed annotation lines and queries whose video is missing or unreadable",
     )
+    model = parser.add_argument_group("generation with --model (use the budget the model was trained with)")
+    model.add_argument("--think", default="never", choices=["never", "always", "hybrid"],
+                       help="prompt mode: answer directly, think first, or per query as in training")
+    model.add_argument("--max-new-tokens", type=int, default=256, help="completion length cap (default 256)")
+    model.add_argument("--batch-size", type=int, default=8, help="queries per generation batch (default 8)")
+    model.add_argument("--video", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="video budget overrides, e.g. fps=2 max_frames=16 min_pixels=3136 max_pixels=3136 "
+                            "total_pixels=50176 (keys of model.video; defaults: mmrl.vision.VideoBudget)")
+
+
+def video_budget(overrides: list[str]):
+    """The ``VideoBudget`` of ``--video key=value ...`` (checked like config overrides: unknown keys are named)."""
+    from mmrl.config import build, parse_overrides
+    from mmrl.vision import VideoBudget
+
+    return build(VideoBudget, parse_overrides(overrides), prefix="--video ")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         from mmrl.eval.generate import generate_charades
 
-        outputs = generate_charades(args.model, kept, videos)
+        outputs = generate_charades(args.model, kept, videos, video=video_budget(args.video), think=args.think,
+                                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     else:
         outputs = read_predictions(args.predictions)
     result = score_outputs(kept, outputs, durations)

@@ -8,6 +8,7 @@ from mmrl.data import load_context, media_cache
 from mmrl.evaluate import generate_outputs
 from mmrl.models.load import load_policy, placeholder_ids
 from mmrl.types import Sample
+from mmrl.vision import VideoBudget
 
 
 def greedy_outputs(cfg: ModelConfig, samples: list[Sample], *, batch_size: int, max_new_tokens: int,
@@ -38,16 +39,17 @@ def generate_for_records(model_path: str, records, *, min_pixels: int | None, ma
     return {(Path(r.source_file).name, r.id): t for r, t in zip(records, texts)}
 
 
-def generate_charades(model_path: str, records, videos: dict[int, Path], *, think: str = "never",
-                      batch_size: int = 8, max_new_tokens: int = 256, progress: bool = True) -> dict[int, str]:
+def generate_charades(model_path: str, records, videos: dict[int, Path], *, video: VideoBudget | None = None,
+                      think: str = "never", batch_size: int = 8, max_new_tokens: int = 256,
+                      progress: bool = True) -> dict[int, str]:
     """Greedy outputs of ``model_path`` for Charades-STA ``records`` (videos by record id), keyed by record id.
 
     Prompts are the temporal grounding task's, in ``think`` mode (never, always or hybrid as in training), and
-    videos are read with the default video budget (``ModelConfig.video``: fps 2).
+    videos are read under ``video`` (default ``VideoBudget()``: fps 2, qwen-vl-utils' pixel bounds).
     """
     from mmrl.registry import get_task
 
-    cfg = ModelConfig(path=model_path)
+    cfg = ModelConfig(path=model_path, video=video or VideoBudget())
     task = get_task("temporal_grounding")
     samples = task.samples_from_records(records, videos, task.config_class(think=think), load_context(cfg))
     texts = greedy_outputs(cfg, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)

@@ -31,6 +31,7 @@ from typing import Any
 from PIL import Image
 
 from mmrl.errors import DataError
+from mmrl.eval import predictions
 from mmrl.eval.screenspot_format import PRO_SPLIT, SPLITS, UI_TYPES, GroundingRecord, load_screenspot
 from mmrl.vision import smart_resize
 from rewards.gui import click_in_box, to_original
@@ -227,47 +228,20 @@ def format_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _prediction_row(line: str, where: str) -> tuple[Any, str]:
-    """``(key, output)`` from one JSONL line ``{"id": str|int, "output": str, "file"?: str}``; the key is the id,
-    or ``(file, id)`` when the row names the annotation file (needed for v1/v2 folders: ids are indices)."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for key in ("id", "output"):
-        if key not in row:
-            raise DataError(f"{where}: missing field {key!r}")
+def _prediction_key(row: dict[str, Any], where: str) -> Any:
+    """The key of a row ``{"id": str|int, "output": str, "file"?: str}``: the id, or ``(file, id)`` when the row
+    names the annotation file (needed for v1/v2 folders: ids are indices)."""
     if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
         raise DataError(f"{where}: field 'id' must be a string or an integer")
-    if not isinstance(row["output"], str):
-        raise DataError(f"{where}: field 'output' must be a string")
     if "file" in row and not isinstance(row["file"], str):
         raise DataError(f"{where}: field 'file' must be a string")
-    key = (row["file"], str(row["id"])) if "file" in row else str(row["id"])
-    return key, row["output"]
+    return (row["file"], str(row["id"])) if "file" in row else str(row["id"])
 
 
 def read_predictions(path: str | Path) -> dict[Any, str]:
     """``{id: raw output}`` from a JSONL file of ``{"id": ..., "output": "raw model text"}`` rows (blank lines
     skipped). ``DataError`` naming the file and the 1-based line number for a malformed line or a repeated id."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
-    outputs: dict[Any, str] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        record_id, output = _prediction_row(line, f"{path}: line {lineno}")
-        if record_id in outputs:
-            raise DataError(f"{path}: line {lineno}: duplicate id {record_id!r}")
-        outputs[record_id] = output
-    return outputs
+    return predictions.read_predictions(path, _prediction_key)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -18,10 +18,11 @@ def resolve_path(cfg: ModelConfig) -> str:
     """``tiny`` -> a cached tiny checkpoint folder (built on first use); anything else is returned as is."""
     if cfg.path != "tiny":
         return cfg.path
-    folder = Path(cfg.cache_dir).expanduser() / "models" / f"tiny-{cfg.tiny_family}-{cfg.tiny_size}"
+    theta = "" if cfg.tiny_rope_theta is None else f"-theta{cfg.tiny_rope_theta:g}"
+    folder = Path(cfg.cache_dir).expanduser() / "models" / f"tiny-{cfg.tiny_family}-{cfg.tiny_size}{theta}"
     if not (folder / "config.json").is_file() or not (folder / "processor_config.json").is_file():
         tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-        make_tiny(tmp, family=cfg.tiny_family, size=cfg.tiny_size)
+        make_tiny(tmp, family=cfg.tiny_family, size=cfg.tiny_size, rope_theta=cfg.tiny_rope_theta)
         publish_dir(tmp, folder)
     return str(folder)
 

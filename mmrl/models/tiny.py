@@ -10,7 +10,7 @@ so a coordinate such as ``(57, 83)`` is a short, regular token sequence.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -222,15 +222,18 @@ def build_processor(tokenizer, family: str):
     )
 
 
-def make_tiny(out_dir: str | Path, family: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0) -> Path:
-    """Write a complete tiny checkpoint (config, safetensors, tokenizer, processor, chat template) to ``out_dir``."""
+def make_tiny(out_dir: str | Path, family: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0,
+              rope_theta: float | None = None) -> Path:
+    """Write a complete tiny checkpoint (config, safetensors, tokenizer, processor, chat template) to ``out_dir``;
+    ``rope_theta`` replaces the size's rotary base (see ``TinySpec.rope_theta``)."""
     from transformers import AutoModelForImageTextToText
 
     if size not in SIZES:
         raise ConfigError(f"unknown tiny size {size!r}; valid: {', '.join(SIZES)}")
     out = Path(out_dir)
-    tokenizer = build_tokenizer(SIZES[size].vocab_size)
-    config = build_config(family, SIZES[size], tokenizer)
+    spec = SIZES[size] if rope_theta is None else replace(SIZES[size], rope_theta=rope_theta)
+    tokenizer = build_tokenizer(spec.vocab_size)
+    config = build_config(family, spec, tokenizer)
     validate_config(config)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)

@@ -20,36 +20,58 @@ from mmrl.vision import VideoClip, check_vision_tokens
 _MARK_RE = re.compile(f"({re.escape(IMAGE_MARK)}|{re.escape(VIDEO_MARK)})")
 
 
-def chat_messages(sample: Sample) -> list[dict]:
+def chat_messages(sample: Sample, video_times: list[list[float] | None] | None = None) -> list[dict]:
     """One user turn. Each ``<image>`` / ``<video>`` mark in the prompt is replaced by the sample's next image /
-    video; media without a mark come first, videos before images (Qwen's convention)."""
+    video; media without a mark come first, videos before images (Qwen's convention). ``video_times[i]``, when
+    given, shows video ``i`` as its temporal patches, each preceded by its start time as text (``<1.5s>``)."""
     parts = _MARK_RE.split(sample.prompt)
     marks = parts[1::2]
     for mark, media, kind in ((IMAGE_MARK, sample.images, "images"), (VIDEO_MARK, sample.videos, "videos")):
         if marks.count(mark) > len(media):
             raise ValueError(f"sample {sample.id}: {marks.count(mark)} {mark} marks but {len(media)} {kind}")
-    content = [{"type": "video"} for _ in range(len(sample.videos) - marks.count(VIDEO_MARK))]
+    times = iter(video_times or [None] * len(sample.videos))
+
+    def video() -> list[dict]:
+        chunk_times = next(times)
+        if chunk_times is None:
+            return [{"type": "video"}]
+        return [p for t in chunk_times for p in ({"type": "text", "text": f"<{t:.1f}s>"}, {"type": "video"})]
+
+    content = [p for _ in range(len(sample.videos) - marks.count(VIDEO_MARK)) for p in video()]
     content += [{"type": "image"} for _ in range(len(sample.images) - marks.count(IMAGE_MARK))]
     for i, text in enumerate(parts):
         if i % 2:
-            content.append({"type": "image" if text == IMAGE_MARK else "video"})
+            content += [{"type": "image"}] if text == IMAGE_MARK else video()
         elif text:
             content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
+
+
+def _video_inputs(processor, clip: VideoClip) -> tuple[list[VideoClip], list[float] | None]:
+    """The clips the processor gets for one video and, for a timestamped clip, the times its patches start at."""
+    if not clip.timestamped:
+        return [clip], None
+    chunks = clip.chunks(processor.video_processor.temporal_patch_size)
+    return chunks, [c.timestamps[0] for c in chunks]
 
 
 def encode_prompts(processor, samples: list[Sample], images: list[list[Image.Image]],
                    videos: list[list[VideoClip]] | None = None):
     """Chat-template and process a batch of prompts (left padding) with their already-resized images and videos
     (frames sampled and resized by ``mmrl.vision.load_video``; the processor neither resamples nor resizes them,
-    and gets each video's frame timestamps so Qwen2.5-VL's temporal rope positions are in absolute time).
+    and gets each video's frame timestamps so Qwen2.5-VL's temporal rope positions are in absolute time; a
+    timestamped clip goes in as its temporal patches, each after its time as text).
 
     Before the model sees it, the batch is checked: a processor failure on a sample's vision inputs, or a prompt
     whose vision placeholder tokens differ in number from its images'/videos' features, raises ``DataError``
     naming the samples (instead of the model's "image features and image tokens do not match")."""
-    texts = [processor.apply_chat_template(chat_messages(s), add_generation_prompt=True, tokenize=False) for s in samples]
+    videos = videos or [[] for _ in samples]
+    per_video = [[_video_inputs(processor, clip) for clip in clips] for clips in videos]
+    texts = [processor.apply_chat_template(chat_messages(s, [times for _, times in sample_videos]),
+                                           add_generation_prompt=True, tokenize=False)
+             for s, sample_videos in zip(samples, per_video)]
     flat_images = [img for imgs in images for img in imgs]
-    clips = [clip for clips in (videos or []) for clip in clips]
+    clips = [clip for sample_videos in per_video for chunks, _ in sample_videos for clip in chunks]
     video_kwargs = {}
     if clips:
         video_kwargs = dict(videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],

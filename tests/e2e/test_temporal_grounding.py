@@ -61,6 +61,7 @@ def test_select_keeps_informative_items_then_eval_charades(video_run, tiny_cache
     (annotations,) = (tiny_cache / "data").glob("video_synthetic-train-*/charades_train.txt")
     metrics = tmp_path / "metrics.json"
     main(["eval", "charades", "--annotations", str(annotations), "--videos", str(annotations.parent / "videos"),
-          "--model", str(tiny_cache / "models" / "tiny-qwen2_5_vl-tiny"), "--output", str(metrics)])
+          "--model", str(tiny_cache / "models" / "tiny-qwen2_5_vl-tiny"), "--output", str(metrics), "--max-new-tokens",
+          "8", "--video", "max_frames=8", "min_pixels=3136", "max_pixels=3136", "total_pixels=25088"])
     result = json.loads(metrics.read_text())
     assert {"r1@0.3", "r1@0.5", "r1@0.7", "miou"} <= set(result) and 0 <= result["miou"] <= 1

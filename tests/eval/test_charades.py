@@ -3,8 +3,6 @@ line, video lookup, and ``run`` end to end on tiny real videos."""
 import argparse
 import json
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -279,19 +277,13 @@ def test_run_skip_bad_samples(tmp_path, video_dir, capsys):
         run(_parse(argv))
 
 
-def test_run_with_model_calls_generate_charades(tmp_path, video_dir, monkeypatch):
-    calls = []
+def test_video_budget_overrides_are_checked_like_config_keys():
+    from mmrl.errors import ConfigError
+    from mmrl.eval.charades import video_budget
 
-    def generate_charades(model_path, records, videos):
-        calls.append((model_path, [r.id for r in records], {i: p.name for i, p in videos.items()}))
-        return {r.id: E2E_OUTPUTS[r.id] for r in records}
-
-    fake = types.ModuleType("mmrl.eval.generate")
-    fake.generate_charades = generate_charades
-    monkeypatch.setitem(sys.modules, "mmrl.eval.generate", fake)
-    annotations = _write(tmp_path / "ann.txt", E2E_ANNOTATIONS)
-    out = tmp_path / "res.json"
-    argv = ["--annotations", str(annotations), "--videos", str(video_dir), "--model", "ckpt", "--output", str(out)]
-    assert run(_parse(argv)) == 0
-    assert calls == [("ckpt", [0, 1, 2], {0: "vidA.mp4", 1: "vidB.avi", 2: "vidB.avi"})]
-    _check_result(json.loads(out.read_text()), skipped_lines=0, skipped_queries=0)
+    budget = video_budget(["fps=1", "max_frames=16", "min_pixels=3136", "max_pixels=3136"])
+    assert (budget.fps, budget.max_frames, budget.min_pixels, budget.max_pixels) == (1.0, 16, 3136, 3136)
+    with pytest.raises(ConfigError, match="--video bogus"):
+        video_budget(["bogus=1"])
+    with pytest.raises(ConfigError, match="max_frames"):
+        video_budget(["max_frames=many"])

@@ -358,15 +358,15 @@ def test_name_and_stem_mixed_in_one_file(tmp_path):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"id": "a", "output": "(1, 2)"}', "{not json"], "line 2: invalid JSON"),
-        (['{"id": "a"}'], "line 1: missing field 'output'"),
-        (['{"id": "a", "output": null}'], "line 1: field 'output' must be a string"),
-        (['["a", "(1, 2)"]'], "line 1: expected a JSON object, got list"),
-        (['{"id": "a", "output": "x"}', "", '{"id": "a", "output": "y"}'], "line 3: duplicate id 'a'"),
-        (['{"id": true, "output": "x"}'], "line 1: field 'id' must be a string or an integer"),
-        (['{"id": 0, "output": "x", "file": 3}'], "line 1: field 'file' must be a string"),
+        (['{"id": "a", "output": "(1, 2)"}', "{not json"], "2: invalid JSON"),
+        (['{"id": "a"}'], "1: missing field 'output'"),
+        (['{"id": "a", "output": null}'], "1: field 'output' must be a string"),
+        (['["a", "(1, 2)"]'], "1: expected a JSON object, got list"),
+        (['{"id": "a", "output": "x"}', "", '{"id": "a", "output": "y"}'], "3: duplicate id 'a'"),
+        (['{"id": true, "output": "x"}'], "1: field 'id' must be a string or an integer"),
+        (['{"id": 0, "output": "x", "file": 3}'], "1: field 'file' must be a string"),
         (['{"file": "a.json", "id": 0, "output": "x"}', '{"file": "a.json", "id": "0", "output": "y"}'],
-         "line 2: duplicate id ('a.json', '0')"),
+         "2: duplicate id ('a.json', '0')"),
     ],
 )
 def test_bad_prediction_lines(tmp_path, lines, message):
@@ -374,7 +374,7 @@ def test_bad_prediction_lines(tmp_path, lines, message):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as info:
         read_predictions(path)
-    assert str(info.value).startswith(f"{path}: {message}")
+    assert str(info.value).startswith(f"{path}:{message}")
 
 
 def test_read_predictions_ok_and_missing_file(tmp_path):
@@ -385,7 +385,7 @@ def test_read_predictions_ok_and_missing_file(tmp_path):
     path.write_text('{"id": 3, "output": "(1, 2)"}\n{"file": "screenspot_web", "id": 3, "output": "(3, 4)"}\n')
     # integer ids become strings; rows without "file" are keyed by the bare id
     assert read_predictions(path) == {"3": "(1, 2)", ("screenspot_web", "3"): "(3, 4)"}
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match="predictions file not found"):
         read_predictions(tmp_path / "missing.jsonl")
 
 

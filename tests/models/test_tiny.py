@@ -277,3 +277,14 @@ def test_placeholder_ids(tiny_dir):
 def test_dtype_name_is_checked(tiny_dir):
     with pytest.raises(ConfigError, match="model.dtype.*float64"):
         load_policy(ModelConfig(path=str(tiny_dir), dtype="float64"))
+
+
+def test_rope_theta_override_and_its_own_cache_folder(tmp_path):
+    from mmrl.models.load import resolve_path
+
+    cfg = ModelConfig(path="tiny", cache_dir=str(tmp_path), tiny_rope_theta=10000.0)
+    folder = resolve_path(cfg)
+    assert folder.endswith("tiny-qwen2_5_vl-tiny-theta10000")
+    config = json.loads((tmp_path / "models" / "tiny-qwen2_5_vl-tiny-theta10000" / "config.json").read_text())
+    assert config["text_config"]["rope_parameters"]["rope_theta"] == 10000.0
+    assert resolve_path(ModelConfig(path="tiny", cache_dir=str(tmp_path))).endswith("tiny-qwen2_5_vl-tiny")

@@ -252,3 +252,33 @@ def test_answer_slots_follow_each_groups_samples(tok):
         assert (out_ids[row, n:] == tok.pad_token_id).all()
     assert out_ids[1, :3].tolist() == [6, 7, EOS] and out_mask[1, 3:].sum() == 0  # sampled rows only padded
     assert out_ids.shape[1] == max(3, int(out_mask.sum(-1).max()))
+
+
+def test_encode_prompts_names_the_sample_whose_vision_tokens_do_not_match(processor):
+    from mmrl.errors import DataError
+
+    image = [Image.new("RGB", (56, 56))]
+    bad = Sample("screen-7", "click <|video_pad|> here", images=["x.png"])  # a placeholder but no video
+    with pytest.raises(DataError, match="screen-7"):
+        encode_prompts(processor, [Sample("ok", "click"), bad], [image, image])
+
+
+def test_timestamped_video_becomes_patches_after_their_times(processor):
+    from mmrl.rollout.hf import chat_messages
+    from mmrl.vision import VideoClip, VideoInfo
+
+    parts = chat_messages(Sample("v", "when?", videos=["v.mp4"]), [[0.0, 1.5]])[0]["content"]
+    assert parts == [{"type": "text", "text": "<0.0s>"}, {"type": "video"}, {"type": "text", "text": "<1.5s>"},
+                     {"type": "video"}, {"type": "text", "text": "when?"}]
+    info = VideoInfo("v.mp4", n_frames=8, fps=4.0, duration=2.0, width=56, height=56)
+    frames = torch.randint(0, 255, (4, 3, 56, 56), dtype=torch.uint8)
+    times = [0.0, 0.5, 1.0, 1.5]
+    sample = Sample("v", "when?", videos=["v.mp4"])
+    plain = encode_prompts(processor, [sample], [[]], [[VideoClip(frames, times, 2.0, info)]])
+    stamped = encode_prompts(processor, [sample], [[]], [[VideoClip(frames, times, 2.0, info, timestamped=True)]])
+    assert plain["video_grid_thw"].tolist() == [[2, 4, 4]] and stamped["video_grid_thw"].tolist() == [[1, 4, 4]] * 2
+    # 2 frames per temporal patch at 2 sampled frames a second: 1 s per patch either way
+    assert plain["second_per_grid_ts"].tolist() == stamped["second_per_grid_ts"].tolist()[:1] == [1.0]
+    text = processor.tokenizer.decode(stamped["input_ids"][0])
+    assert text.index("<0.0s>") < text.index("<|video_pad|>") < text.index("<1.0s>")
+    assert torch.equal(stamped["pixel_values_videos"], plain["pixel_values_videos"])  # same patches, time-major

@@ -114,6 +114,13 @@ def test_shapes_move_across_the_frame():
         assert DIRECTIONS[-event.direction] not in event.sentence  # a named direction is the true one
 
 
+def test_event_lengths_stay_between_min_and_max_event():
+    events = [make_video(5, i, min_event=1.5, max_event=3.0).events[0] for i in range(40)]
+    tenths = [e.end - e.start for e in events]
+    assert min(tenths) >= 15 and max(tenths) <= 30 and len(set(tenths)) > 5
+    assert min(e.start for e in events) < 20 and max(e.end for e in events) > 60  # placed all over the 8 s
+
+
 def test_duration_matches_probe(tmp_path):
     path = generate(tmp_path, 5, seed=4, fps=5, duration=(2.0, 6.0))
     for index, vid in enumerate(_annotations(path)):
@@ -149,6 +156,7 @@ def test_mpeg4_when_libx264_is_missing(tmp_path, monkeypatch):
         (dict(n_events=4, height=32), "n_events"),
         (dict(min_event=0.1), "min_event"),
         (dict(min_event=9.0), "min_event"),
+        (dict(min_event=2.0, max_event=1.0), "max_event"),
         (dict(split_name="a b"), "split_name"),
     ],
 )

@@ -1,0 +1,50 @@
+"""Prediction files shared by the evaluators: JSON lines ``{"id": ..., "output": "raw model text", ...}``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from mmrl.errors import DataError
+
+K = TypeVar("K")
+
+
+def _row(line: str, where: str) -> dict[str, Any]:
+    """One JSON object with ``id`` and a string ``output``; ``DataError`` naming ``where`` otherwise."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in ("id", "output"):
+        if key not in row:
+            raise DataError(f"{where}: missing field {key!r}")
+    if not isinstance(row["output"], str):
+        raise DataError(f"{where}: field 'output' must be a string")
+    return row
+
+
+def read_predictions(path: str | Path, key: Callable[[dict[str, Any], str], K]) -> dict[K, str]:
+    """``{key(row, where): output}`` over the non-blank lines of ``path``; ``key`` checks the row's id fields and
+    raises ``DataError`` naming ``where`` (``PATH:LINE``). A missing or unreadable file, a malformed line and a
+    repeated key are ``DataError``s naming the file and 1-based line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"predictions file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
+    outputs: dict[K, str] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        row = _row(line, where)
+        k = key(row, where)
+        if k in outputs:
+            raise DataError(f"{where}: duplicate id {k!r}")
+        outputs[k] = row["output"]
+    return outputs

@@ -192,13 +192,15 @@ def make_video(seed: int, index: int, *, width: int = 56, height: int = 56, fps:
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
     """Encode ``frames`` ``[T, H, W, 3]`` (uint8 RGB, even sides) to an MP4 file at ``fps`` frames a second.
 
-    One encoder thread: x264's frame threading makes the decoded pixels depend on thread timing."""
+    x264 runs with one thread and a constant quantiser, without adaptive quantisation, macroblock tree or
+    lookahead: its threading and its float-driven rate decisions otherwise made the decoded pixels vary between
+    encodes of the same frames (seen after torch had run in the same process)."""
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), mode="w", format="mp4") as container:
-        options = {"crf": "12"} if codec == "libx264" else {"b": "2M"}
+        options = ({"qp": "10", "threads": "1", "x264-params": "aq-mode=0:mbtree=0:rc-lookahead=0"}
+                   if codec == "libx264" else {"b": "2M", "threads": "1"})
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.codec_context.thread_count = 1
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())

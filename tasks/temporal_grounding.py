@@ -97,7 +97,7 @@ class TemporalGroundingData:
 def synthetic_annotations(cfg: SyntheticVideoConfig, split: str, cache_dir: str) -> Path:
     """Generate (once; cached by a hash of the settings) and return the synthetic annotation file of ``split``."""
     n, seed = (cfg.n_train, cfg.seed) if split == "train" else (cfg.n_eval, cfg.seed + 1)
-    params = {**asdict(cfg), "split": split, "version": 2}
+    params = {**asdict(cfg), "split": split, "version": 3}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cache_dir).expanduser() / "data" / f"video_synthetic-{split}-{digest}"
     path = folder / f"charades_{split}.txt"

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from mmrl.cli import main
-from mmrl.config import TrainConfig, load_config
+from mmrl.config import TrainConfig, build, load_config
 from mmrl.eval.charades import load_annotations
 from mmrl.trainer import train
+from tasks.temporal_grounding import TemporalGroundingData, synthetic_annotations
 
 pytest.importorskip("decord")
 pytestmark = pytest.mark.slow
@@ -58,7 +59,8 @@ def test_select_keeps_informative_items_then_eval_charades(video_run, tiny_cache
     assert len(rows) == 6 and len(records) == sum(r["std"] > 0 for r in rows)
 
     # the untrained tiny model through `mmrl eval charades --model` on the synthetic training annotations
-    (annotations,) = (tiny_cache / "data").glob("video_synthetic-train-*/charades_train.txt")
+    cfg = load_config(TrainConfig, None, video_run)
+    annotations = synthetic_annotations(build(TemporalGroundingData, cfg.data).synthetic, "train", str(tiny_cache))
     metrics = tmp_path / "metrics.json"
     main(["eval", "charades", "--annotations", str(annotations), "--videos", str(annotations.parent / "videos"),
           "--model", str(tiny_cache / "models" / "tiny-qwen2_5_vl-tiny"), "--output", str(metrics), "--max-new-tokens",

@@ -5,11 +5,12 @@ component, total reward, advantages, lengths, truncation flags); the demo app re
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmrl.errors import ConfigError
 from mmrl.types import Group
@@ -31,6 +32,19 @@ def publish_dir(tmp: Path, final: Path) -> None:
 RUN_ARTIFACTS = ("metrics.jsonl", "sft_metrics.jsonl", "rollouts", "checkpoints", "tb", "sft_model", "final",
                  "eval_before.json", "summary.json", "config.json")
 """What a run writes into its directory; a fresh run refuses to mix with these unless told to overwrite."""
+
+
+def cached_build(cache_dir: str, kind: str, params: dict, filename: str, build: Callable[[Path], None]) -> Path:
+    """``CACHE/data/<kind>-<digest>/<filename>``, where the digest hashes ``params`` (JSON, sorted keys); built
+    once by ``build(folder)`` into a temporary folder that is then published atomically."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cache_dir).expanduser() / "data" / f"{kind}-{digest}"
+    path = folder / filename
+    if not path.is_file():
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        build(tmp)
+        publish_dir(tmp, folder)
+    return path
 
 
 def claim_run_dir(root: str | Path, *, resume: bool, overwrite: bool, delete: bool = True) -> None:

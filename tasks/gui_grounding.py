@@ -10,9 +10,6 @@ Data comes from ScreenSpot v1/v2/Pro files (``mmrl.eval.screenspot_format``) or 
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmrl.errors import ConfigError, DataError
-from mmrl.store import publish_dir
+from mmrl.store import cached_build
 from mmrl.types import IMAGE_MARK, LoadContext, Sample
 from mmrl.vision import smart_resize
 from rewards import gui
@@ -83,17 +80,10 @@ def synthetic_files(cfg: SyntheticConfig, split: str, cache_dir: str) -> Path:
     """Generate (once; cached by a hash of the settings) and return the synthetic ScreenSpot file of ``split``."""
     n, seed = (cfg.n_train, cfg.seed) if split == "train" else (cfg.n_eval, cfg.seed + 1)
     params = {**asdict(cfg), "split": split, "version": 1}
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir).expanduser() / "data" / f"gui_synthetic-{split}-{digest}"
-    path = folder / f"screenspot_{split}.json"
-    if not path.is_file():
-        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-        synthetic_gui.generate(
-            tmp, n, seed=seed, width=cfg.width, height=cfg.height, n_distractors=cfg.n_distractors,
-            kinds=tuple(cfg.kinds), min_size=cfg.min_size, max_size=cfg.max_size, split_name=split,
-        )
-        publish_dir(tmp, folder)
-    return path
+    build = partial(synthetic_gui.generate, n=n, seed=seed, width=cfg.width, height=cfg.height,
+                    n_distractors=cfg.n_distractors, kinds=tuple(cfg.kinds), min_size=cfg.min_size,
+                    max_size=cfg.max_size, split_name=split)
+    return cached_build(cache_dir, f"gui_synthetic-{split}", params, f"screenspot_{split}.json", build)
 
 
 def image_size(record: GroundingRecord) -> tuple[int, int]:

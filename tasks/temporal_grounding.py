@@ -17,8 +17,6 @@ model sees (``mmrl.vision.frame_times`` under the run's video budget), for the r
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -26,7 +24,7 @@ from pathlib import Path
 
 from mmrl.errors import ConfigError, DataError
 from mmrl.eval.charades import CharadesRecord, find_video, load_annotations
-from mmrl.store import atomic_write_text, publish_dir
+from mmrl.store import atomic_write_text, cached_build
 from mmrl.types import VIDEO_MARK, LoadContext, Sample
 from mmrl.vision import VideoBudget, frame_indices, frame_times, probe_video
 from rewards import temporal
@@ -98,17 +96,11 @@ def synthetic_annotations(cfg: SyntheticVideoConfig, split: str, cache_dir: str)
     """Generate (once; cached by a hash of the settings) and return the synthetic annotation file of ``split``."""
     n, seed = (cfg.n_train, cfg.seed) if split == "train" else (cfg.n_eval, cfg.seed + 1)
     params = {**asdict(cfg), "split": split, "version": 3}
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir).expanduser() / "data" / f"video_synthetic-{split}-{digest}"
-    path = folder / f"charades_{split}.txt"
-    if not path.is_file():
-        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-        synthetic_video.generate(tmp, n, seed=seed, width=cfg.width, height=cfg.height, fps=cfg.fps,
-                                 duration=tuple(cfg.duration), n_events=cfg.n_events, min_event=cfg.min_event,
-                                 max_event=cfg.max_event, time_step=cfg.time_step, shape_scale=cfg.shape_scale,
-                                 split_name=split)
-        publish_dir(tmp, folder)
-    return path
+    build = partial(synthetic_video.generate, n_videos=n, seed=seed, width=cfg.width, height=cfg.height, fps=cfg.fps,
+                    duration=tuple(cfg.duration), n_events=cfg.n_events, min_event=cfg.min_event,
+                    max_event=cfg.max_event, time_step=cfg.time_step, shape_scale=cfg.shape_scale,
+                    split_name=split)
+    return cached_build(cache_dir, f"video_synthetic-{split}", params, f"charades_{split}.txt", build)
 
 
 def thinks(record: CharadesRecord, cfg: TemporalGroundingData) -> bool:

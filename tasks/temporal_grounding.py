@@ -23,10 +23,10 @@ from functools import partial
 from pathlib import Path
 
 from mmrl.errors import ConfigError, DataError
-from mmrl.eval.charades import CharadesRecord, find_video, load_annotations
+from mmrl.eval.charades import CharadesRecord, charades_metrics, load_annotations, resolve_videos
 from mmrl.store import atomic_write_text, cached_build
 from mmrl.types import VIDEO_MARK, LoadContext, Sample
-from mmrl.vision import VideoBudget, frame_indices, frame_times, probe_video
+from mmrl.vision import VideoBudget, VideoInfo, frame_indices, frame_times
 from rewards import temporal
 from tasks import synthetic_video
 
@@ -123,15 +123,14 @@ def format_answer(start: float, end: float, think: bool) -> str:
     return f"<think>visible from {start:.1f} s to {end:.1f} s</think>{answer}"
 
 
-def to_sample(record: CharadesRecord, video: Path, cfg: TemporalGroundingData, budget: VideoBudget) -> Sample:
-    """One query as a prompt over its video, with the fields the rewards and the viewer need."""
-    info = probe_video(video)
+def to_sample(record: CharadesRecord, info: VideoInfo, cfg: TemporalGroundingData, budget: VideoBudget) -> Sample:
+    """One query as a prompt over its (probed) video, with the fields the rewards and the viewer need."""
     think = thinks(record, cfg)
     return Sample(
         id=f"{Path(record.source_file).stem}:{record.id}",
         prompt=PROMPT.format(video=VIDEO_MARK, duration=info.duration, sentence=record.sentence,
                              instruction=INSTRUCTIONS[think]),
-        videos=[str(video)],
+        videos=[info.path],
         answer=format_answer(record.start, record.end, think),
         fields={
             "gt_interval": [record.start, record.end],
@@ -150,14 +149,9 @@ def load_samples(path: Path, cfg: TemporalGroundingData, budget: VideoBudget) ->
     skipped with one counted warning under ``skip_bad_samples``."""
     records, skipped = load_annotations(path, skip_bad=cfg.skip_bad_samples)
     video_dir = Path(cfg.video_dir) if cfg.video_dir else path.parent / "videos"
-    samples = []
-    for record in records:
-        try:
-            samples.append(to_sample(record, find_video(video_dir, record.video_id), cfg, budget))
-        except DataError as e:
-            if not cfg.skip_bad_samples:
-                raise DataError(f"{record.source_file}:{record.line}: {e}") from None
-            skipped += 1
+    kept, videos = resolve_videos(records, video_dir, skip_bad=cfg.skip_bad_samples)
+    samples = [to_sample(r, videos[r.id], cfg, budget) for r in kept]
+    skipped += len(records) - len(kept)
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} bad annotation lines or videos (skip_bad_samples=true)",
                       stacklevel=2)
@@ -181,9 +175,9 @@ class TemporalGrounding:
         source = Path(path) if path else synthetic_annotations(cfg.synthetic, split, ctx.cache_dir)
         return load_samples(source, cfg, ctx.video)
 
-    def samples_from_records(self, records: list[CharadesRecord], videos: dict[int, Path],
+    def samples_from_records(self, records: list[CharadesRecord], videos: dict[int, VideoInfo],
                              cfg: TemporalGroundingData, ctx: LoadContext) -> list[Sample]:
-        """Samples of already-loaded Charades-STA records whose videos (by record id) are known."""
+        """Samples of already-loaded Charades-STA records whose videos (probed, by record id) are known."""
         return [to_sample(r, videos[r.id], cfg, ctx.video) for r in records]
 
     def export(self, samples: list[Sample], path: Path) -> None:
@@ -208,8 +202,8 @@ class TemporalGrounding:
         return {"iou": 0.5, "format": 0.5}
 
     def score(self, completion: str, sample: Sample) -> dict[str, float]:
-        """Charades-STA numbers of one answer: ``miou`` (its IoU), ``r1@m`` (IoU >= m), ``parsed``."""
+        """Charades-STA numbers of one answer (``charades_metrics`` of its IoU: ``miou``, ``r1@m``) and ``parsed``."""
         iou = temporal.iou_reward([completion], gt_interval=[sample.fields["gt_interval"]],
                                   duration=[sample.fields["duration"]])[0]
-        parsed = temporal.parse_interval(completion) is not None
-        return {"miou": iou, **{f"r1@{m}": float(iou >= m) for m in (0.3, 0.5, 0.7)}, "parsed": float(parsed)}
+        metrics = {k: float(v) for k, v in charades_metrics([iou]).items() if k != "n"}
+        return {**metrics, "parsed": float(temporal.parse_interval(completion) is not None)}

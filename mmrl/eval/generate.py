@@ -8,7 +8,7 @@ from mmrl.data import load_context, media_cache
 from mmrl.evaluate import generate_outputs
 from mmrl.models.load import load_policy, placeholder_ids
 from mmrl.types import Sample
-from mmrl.vision import VideoBudget
+from mmrl.vision import VideoBudget, VideoInfo
 
 
 def greedy_outputs(cfg: ModelConfig, samples: list[Sample], *, batch_size: int, max_new_tokens: int,
@@ -39,10 +39,10 @@ def generate_for_records(model_path: str, records, *, min_pixels: int | None, ma
     return {(Path(r.source_file).name, r.id): t for r, t in zip(records, texts)}
 
 
-def generate_charades(model_path: str, records, videos: dict[int, Path], *, video: VideoBudget | None = None,
+def generate_charades(model_path: str, records, videos: dict[int, VideoInfo], *, video: VideoBudget | None = None,
                       think: str = "never", batch_size: int = 8, max_new_tokens: int = 256,
                       progress: bool = True) -> dict[int, str]:
-    """Greedy outputs of ``model_path`` for Charades-STA ``records`` (videos by record id), keyed by record id.
+    """Greedy outputs of ``model_path`` for Charades-STA ``records`` (probed videos by record id), keyed by id.
 
     Prompts are the temporal grounding task's, in ``think`` mode (never, always or hybrid as in training), and
     videos are read under ``video`` (default ``VideoBudget()``: fps 2, qwen-vl-utils' pixel bounds).

@@ -167,7 +167,8 @@ def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: li
     ``shared``: each prompt is encoded and prefilled once and its completions decoded from the repeated KV cache
     (``shared_generate``); otherwise HF ``generate`` on the prompt repeated. ``answer_slot`` (TempSamp-R1
     off-policy guidance): ``n - 1`` completions are sampled and the last row of each group is the sample's
-    ground-truth answer, scored like the others and flagged in ``Rollouts.offpolicy``. ``sampling``:
+    ground-truth answer, scored like the others and flagged in ``Rollouts.offpolicy`` (the full-sequence path then
+    encodes its prompts again for the log-prob passes; shared encodings are kept). ``sampling``:
     ``max_new_tokens``, ``temperature``, ``top_p``.
     """
     drawn = n - 1 if answer_slot else n
@@ -189,7 +190,10 @@ def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: li
     if answer_slot:
         ids, mask, texts, truncated, offpolicy = with_answer_slots(processor.tokenizer, prompts, ids, mask, texts,
                                                                    truncated, drawn)
-        rows, encodings = [s for s in prompts for _ in range(n)], None
+        rows = [s for s in prompts for _ in range(n)]
+        # a shared encoding holds one prompt row per group: it stays valid, its slice widens to n rows per group
+        encodings = [Chunk(slice(c.rows.start // drawn * n, c.rows.stop // drawn * n), c.prompts, n)
+                     for c in encodings] if shared else None
     ids, mask, dropped = sanitize(ids, mask, suppress, pad)
     components, total = score(rewards, texts, rows)
     return Rollouts(

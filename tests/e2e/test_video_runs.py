@@ -67,3 +67,17 @@ def test_select_keeps_informative_items_then_eval_charades(video_run, tiny_cache
           "8", "--video", "max_frames=8", "min_pixels=3136", "max_pixels=3136", "total_pixels=25088"])
     result = json.loads(metrics.read_text())
     assert {"r1@0.3", "r1@0.5", "r1@0.7", "miou"} <= set(result) and 0 <= result["miou"] <= 1
+
+
+def test_ground_truth_slot_first_step_is_the_same_with_shared_and_full_prompts(video_run, tmp_path):
+    # The shared path keeps generation's prompt encodings (one per group, widened to the answer slot); the full
+    # path encodes every row again. Step 1 has the same weights and rollouts, so loss and gradient must agree.
+    def first_step(mode: str) -> dict:
+        overrides = [o.replace("/run", f"/{mode}") for o in video_run]
+        train(load_config(TrainConfig, None, overrides + ["grpo.ground_truth_slot=true", "grpo.mu=2",
+                                                          "grpo.steps=1", f"grpo.shared_prefix={mode}"]))
+        return json.loads((tmp_path / mode / "metrics.jsonl").read_text().splitlines()[0])
+
+    shared, full = first_step("shared"), first_step("full")
+    assert shared["loss"] == pytest.approx(full["loss"], rel=1e-4, abs=1e-6)
+    assert shared["grad_norm"] == pytest.approx(full["grad_norm"], rel=1e-4)

@@ -271,9 +271,9 @@ def test_run_skip_bad_samples(tmp_path, video_dir, capsys):
     assert run(_parse([*argv, "--skip-bad-samples"])) == 0
     values = capsys.readouterr().out.splitlines()[1].split()
     assert values[4:] == ["3", "1", "0", "1", "2"]  # n, unparsable, missing, skipped lines, skipped queries
-    # without the flag, a missing video is an error naming it
+    # without the flag, a missing video is an error naming it and the annotation file and line of its query
     _write(annotations, E2E_ANNOTATIONS + "vidC 0.0 1.0##no such video.\n")
-    with pytest.raises(DataError, match="video 'vidC' not found in"):
+    with pytest.raises(DataError, match=r"ann\.txt:4: video 'vidC' not found in"):
         run(_parse(argv))
 
 

@@ -1,4 +1,4 @@
-"""The ``mmrl`` command: ``train``, ``select``, ``eval``, ``make-tiny``."""
+"""The ``mmrl`` command: ``train``, ``select``, ``eval``, ``make-tiny``, ``make-tiny-diffusion``, ``diffusion``."""
 from __future__ import annotations
 
 import argparse
@@ -45,7 +45,15 @@ def cmd_make_tiny(args) -> None:
     print(f"wrote tiny {args.family} ({args.size}) checkpoint to {out}")
 
 
+def cmd_make_tiny_diffusion(args) -> None:
+    from mmrl.diffusion.tiny import make_tiny_diffusion
+
+    out = make_tiny_diffusion(args.out_dir, kind=args.kind, seed=args.seed, resolution=args.resolution)
+    print(f"wrote tiny {args.kind} diffusion pipeline ({args.resolution}x{args.resolution}) to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mmrl.diffusion import cli as diffusion_cli
     from mmrl.eval import charades, screenspot
 
     parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
@@ -75,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rope-theta", type=float, help="rotary base of the text model (default: the size's, 10)")
     p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("make-tiny-diffusion", help="write a tiny random SD 1.x / SD3 diffusers pipeline")
+    p.add_argument("out_dir")
+    p.add_argument("--kind", default="sd", choices=["sd", "sd3"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=32, help="default image size, a multiple of 8 (default 32)")
+    p.set_defaults(func=cmd_make_tiny_diffusion)
+
+    p = sub.add_parser("diffusion", help="diffusion RL: train (alignprop, ddpo, flow_grpo, awm) and sample")
+    diffusion_cli.add_arguments(p)
 
     ev = sub.add_parser("eval", help="evaluate on a benchmark").add_subparsers(dest="benchmark", required=True)
     p = ev.add_parser("screenspot", help="ScreenSpot v1/v2/Pro click accuracy")

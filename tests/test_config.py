@@ -11,7 +11,8 @@ from mmrl.config import GRPOConfig, LoraConfig, TrainConfig, build, load_config,
 from mmrl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((REPO / "configs").glob("**/*.yaml"))
+SHIPPED = sorted(p for p in (REPO / "configs").glob("**/*.yaml") if "diffusion" not in p.parts)
+DIFFUSION = sorted((REPO / "configs" / "diffusion").glob("*/*.yaml"))
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -220,3 +221,16 @@ def test_shipped_config_loads_with_its_task_data_section(path):
     task = get_task(cfg.task)
     data = build(task.config_class, cfg.data, prefix="data.")
     assert isinstance(data, task.config_class)
+
+
+@pytest.mark.parametrize("path", DIFFUSION, ids=[str(p.relative_to(REPO / "configs")) for p in DIFFUSION])
+def test_shipped_diffusion_config_loads_with_valid_rewards_and_prompts(path):
+    from mmrl.diffusion.config import DiffusionConfig
+    from mmrl.diffusion.prompts import load_prompts
+    from rewards.image import WeightedImageReward
+
+    cfg = load_config(DiffusionConfig, path)
+    assert cfg.algorithm == path.parent.name
+    WeightedImageReward([(r.name, r.weight, r.args) for r in cfg.rewards])  # names and arguments are checked
+    file = str(REPO / cfg.prompts.file) if cfg.prompts.file else None
+    assert load_prompts(file, cfg.prompts.list)

@@ -1,0 +1,1 @@
+"""Diffusion branch: pipelines, samplers with log-probs, AlignProp, DDPO, Flow-GRPO, AWM."""

@@ -72,8 +72,8 @@ def sample_and_score(ctx: Context, batch: Batch, generator: torch.Generator, sto
     """Roll out every row of ``batch`` without gradients (micro-batched), decode and score the final images."""
     policy, cfg = ctx.policy, ctx.cfg
     trajectories, images = [], []
+    sampler = policy.sampler(cfg.sampling.steps, stochasticity)
     for rows in ctx.micro_batches(len(batch.prompts)):
-        sampler = policy.sampler(cfg.sampling.steps, stochasticity)
         denoise = policy.denoiser_fn(batch.cond[rows], cfg.sampling.guidance_scale)
         noise = policy.noise(len(rows), cfg.model.resolution, generator)
         traj = rollout(denoise, sampler, noise, generator)

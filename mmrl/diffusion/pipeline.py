@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from mmrl.diffusion.config import DiffusionModelConfig
 from mmrl.diffusion.samplers import DDIMSampler, Denoise, FlowSampler
 from mmrl.errors import ConfigError
 from mmrl.models.load import resolve_dtype
-from mmrl.store import publish_dir
 
 TINY = {"tiny-sd": "sd", "tiny-sd3": "sd3"}
 """``model.path`` values that build a tiny local pipeline, and its kind."""
@@ -35,10 +33,8 @@ def resolve_pipeline_path(cfg: DiffusionModelConfig) -> str:
         from mmrl.diffusion.tiny import make_tiny_diffusion
 
         folder = Path(cfg.cache_dir).expanduser() / "models" / f"{cfg.path}-r{cfg.resolution}"
-        if not (folder / "model_index.json").is_file():
-            tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-            make_tiny_diffusion(tmp, kind=TINY[cfg.path], resolution=cfg.resolution)
-            publish_dir(tmp, folder)
+        if not (folder / "model_index.json").is_file():  # make_tiny_diffusion publishes the folder atomically
+            make_tiny_diffusion(folder, kind=TINY[cfg.path], resolution=cfg.resolution)
         return str(folder)
     path = Path(cfg.path).expanduser()
     if path.exists() and not (path / "model_index.json").is_file():

@@ -40,6 +40,7 @@ def apply_trained(policy: DiffusionPolicy, run_dir: str | Path) -> None:
 
 
 def to_png(image: torch.Tensor, path: Path) -> None:
+    """Save one ``[3, H, W]`` image in [0, 1] as an 8-bit PNG."""
     from PIL import Image
 
     Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()).save(path)

@@ -26,6 +26,7 @@ from mmrl.diffusion.algorithms.base import Context, StepResult
 from mmrl.diffusion.config import DiffusionConfig
 from mmrl.diffusion.pipeline import load_policy
 from mmrl.diffusion.prompts import draw_prompts, load_prompts
+from mmrl.diffusion.sample import to_png
 from mmrl.optim import make_optimizer
 from mmrl.store import RunDir, atomic_write_text, claim_run_dir, publish_dir
 from rewards.image import WeightedImageReward
@@ -46,14 +47,10 @@ def image_path(step: int, index: int) -> str:
 def write_rollouts(run: RunDir, step: int, result: StepResult, max_images: int) -> None:
     """``rollouts/step_NNNNNN.jsonl``: one object per prompt group (prompt, image paths relative to the run
     directory, every reward component, total, advantages), and the first ``max_images`` images as PNG."""
-    from PIL import Image
-
     batch = result.batch
-    folder = run.root / "rollouts" / f"step_{step:06d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    pixels = (batch.images[:max_images].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    for i, array in enumerate(pixels):
-        Image.fromarray(array).save(run.root / image_path(step, i))
+    (run.root / "rollouts" / f"step_{step:06d}").mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(batch.images[:max_images]):
+        to_png(image, run.root / image_path(step, i))
     lines = []
     for start in range(0, len(batch.prompts), batch.group_size):
         rows = range(start, start + batch.group_size)

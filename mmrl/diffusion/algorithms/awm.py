@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.diffusion.algorithms.base import Context, StepResult, expand_prompts, reward_metrics, \
-    rollout_stochasticity, sample_and_score
+from mmrl.diffusion.algorithms.base import Batch, Context, StepResult, reward_metrics, sample_with_advantages
 from mmrl.diffusion.algorithms.policy_gradient import mean_records
 from mmrl.diffusion.losses import awm_loss, group_advantages, renoise, stratified_times
 
@@ -26,10 +25,11 @@ class AWM:
         self.cfg = cfg.awm
         self.needs_reference = self.cfg.reg_weight > 0
 
+    def advantages(self, batch: Batch) -> torch.Tensor:
+        return group_advantages(batch.total, batch.group_size, self.cfg.global_std)
+
     def step(self, ctx: Context, prompts: list[str], generator: torch.Generator) -> StepResult:
-        batch = sample_and_score(ctx, expand_prompts(ctx, prompts), generator, rollout_stochasticity(ctx))
-        clip = self.cfg.adv_clip_max
-        advantages = group_advantages(batch.total, batch.group_size, self.cfg.global_std).clamp(-clip, clip)
+        batch, advantages = sample_with_advantages(ctx, prompts, generator, self.advantages, self.cfg.adv_clip_max)
         x0 = batch.trajectory.final
         n, k = len(x0), self.cfg.timesteps_per_sample
         levels = stratified_times(n, k, generator)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -84,6 +85,15 @@ def sample_and_score(ctx: Context, batch: Batch, generator: torch.Generator, sto
     batch.images = torch.cat(images)
     batch.total, batch.rewards = ctx.reward(batch.images, batch.prompts)
     return batch
+
+
+def sample_with_advantages(ctx: Context, prompts: list[str], generator: torch.Generator,
+                           advantage_fn: Callable[[Batch], torch.Tensor],
+                           clip: float) -> tuple[Batch, torch.Tensor]:
+    """Sample and score ``images_per_prompt`` images per prompt with the training rollouts' noise, and turn the
+    rewards into advantages with ``advantage_fn``, clipped to ±``clip``."""
+    batch = sample_and_score(ctx, expand_prompts(ctx, prompts), generator, rollout_stochasticity(ctx))
+    return batch, advantage_fn(batch).clamp(-clip, clip)
 
 
 def reward_metrics(batch: Batch) -> dict[str, float]:

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from mmrl.diffusion.algorithms.base import Batch, Context, StepResult, expand_prompts, reward_metrics, \
-    rollout_stochasticity, sample_and_score
+from mmrl.diffusion.algorithms.base import Batch, Context, StepResult, reward_metrics, rollout_stochasticity, \
+    sample_with_advantages
 from mmrl.diffusion.losses import gaussian_mean_kl, ppo_clip_loss
 
 
@@ -22,9 +22,7 @@ def policy_gradient_step(ctx: Context, prompts: list[str], generator: torch.Gene
                          advantage_fn: Callable[[Batch], torch.Tensor], beta: float = 0.0) -> StepResult:
     """Sample and score ``images_per_prompt`` images per prompt with log-probs, turn rewards into advantages with
     ``advantage_fn`` (clipped to ±``ppo.adv_clip_max``), then run ``ppo_update``."""
-    batch = sample_and_score(ctx, expand_prompts(ctx, prompts), generator, rollout_stochasticity(ctx))
-    clip = ctx.cfg.ppo.adv_clip_max
-    advantages = advantage_fn(batch).clamp(-clip, clip)
+    batch, advantages = sample_with_advantages(ctx, prompts, generator, advantage_fn, ctx.cfg.ppo.adv_clip_max)
     metrics = ppo_update(ctx, batch, advantages, generator, beta)
     return StepResult(batch, advantages, {**reward_metrics(batch), **metrics})
 

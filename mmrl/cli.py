@@ -1,11 +1,11 @@
-"""The ``mmrl`` command: ``train``, ``select``, ``eval``, ``make-tiny``, ``make-tiny-diffusion``, ``diffusion``."""
+"""The ``mmrl`` command: train, select, eval, demo, make-tiny, make-tiny-diffusion, diffusion."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from mmrl.errors import MMRLError
+from mmrl.errors import ConfigError, MMRLError
 
 CONFIG_ROOTS = (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs")
 
@@ -52,6 +52,14 @@ def cmd_make_tiny_diffusion(args) -> None:
     print(f"wrote tiny {args.kind} diffusion pipeline ({args.resolution}x{args.resolution}) to {out}")
 
 
+def cmd_demo(args) -> None:
+    from mmrl.demo.app import launch
+
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"run directory not found: {args.run_dir}")
+    launch(args.run_dir, host=args.host, port=args.port, refresh_seconds=args.refresh)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmrl.diffusion import cli as diffusion_cli
     from mmrl.eval import charades, screenspot
@@ -90,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=32, help="default image size, a multiple of 8 (default 32)")
     p.set_defaults(func=cmd_make_tiny_diffusion)
+
+    p = sub.add_parser("demo", help="Gradio rollout inspector over a run directory (VLM or diffusion)")
+    p.add_argument("run_dir", help="a run's output_dir (holds metrics.jsonl and rollouts/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--refresh", type=float, default=5.0, help="seconds between re-reads of a live run (default 5)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("diffusion", help="diffusion RL: train (alignprop, ddpo, flow_grpo, awm) and sample")
     diffusion_cli.add_arguments(p)

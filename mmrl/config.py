@@ -191,6 +191,9 @@ class TrainConfig:
     """How many recent checkpoints to keep."""
     log_rollouts: bool = True
     """Write every step's rollouts under ``rollouts/``."""
+    log_media: bool = True
+    """Keep a copy (a hard link when on the same file system) of each image and video the logged rollouts show under
+    ``media/``, so ``mmrl demo`` can show them: it serves only files inside the run directory."""
     progress: bool = True
     """Show progress bars."""
     model: ModelConfig = field(default_factory=ModelConfig)

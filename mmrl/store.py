@@ -29,7 +29,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-RUN_ARTIFACTS = ("metrics.jsonl", "sft_metrics.jsonl", "rollouts", "checkpoints", "tb", "sft_model", "final",
+RUN_ARTIFACTS = ("metrics.jsonl", "sft_metrics.jsonl", "rollouts", "media", "checkpoints", "tb", "sft_model", "final",
                  "eval_before.json", "summary.json", "config.json")
 """What a run writes into its directory; a fresh run refuses to mix with these unless told to overwrite."""
 
@@ -91,6 +91,7 @@ class RunDir:
         self.root = Path(root)
         self.main = main
         self._tb = None
+        self._media: dict[str, str | None] = {}
         if main:
             (self.root / "rollouts").mkdir(parents=True, exist_ok=True)
             if tensorboard:
@@ -121,11 +122,44 @@ class RunDir:
             with open(self.root / "sft_metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
 
-    def log_rollouts(self, step: int, groups: list[Group]) -> None:
+    def log_rollouts(self, step: int, groups: list[Group], media: bool = True) -> None:
+        """One line per group into ``rollouts/step_NNNNNN.jsonl``; with ``media``, each record also names the
+        copies of its images and videos that ``publish_media`` keeps in the run (what ``mmrl demo`` shows)."""
         if not self.main:
             return
-        text = "".join(json.dumps(group_record(step, g)) + "\n" for g in groups)
+        records = [group_record(step, g) for g in groups]
+        for record in records if media else []:
+            record["media"] = {kind: [self.publish_media(p) for p in record[kind] or []]
+                               for kind in ("images", "videos")}
+        text = "".join(json.dumps(r) + "\n" for r in records)
         atomic_write_text(self.root / "rollouts" / f"step_{step:06d}.jsonl", text)
+
+    def publish_media(self, source: str) -> str | None:
+        """``media/<digest>-<name>``, a hard link to (or, across file systems, a copy of) the file ``source``,
+        made once per run; the relative path, or ``None`` if ``source`` is not a readable file. The viewer serves
+        only files inside the run directory, so the run keeps its own copy of what its rollouts showed."""
+        if source not in self._media:
+            self._media[source] = self._store_media(Path(source))
+        return self._media[source]
+
+    def _store_media(self, source: Path) -> str | None:
+        digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
+        name = f"media/{digest}-{source.name}"
+        target = self.root / name
+        if target.is_file():
+            return name
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return None
+        return name
 
     def write_json(self, name: str, data: dict) -> None:
         if self.main:

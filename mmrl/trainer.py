@@ -325,7 +325,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         run.log_metrics(step + 1, metrics)
         if cfg.log_rollouts:
             groups = to_groups(ro)
-            run.log_rollouts(step + 1, [x for part in gather_object([groups]) for x in part] if world > 1 else groups)
+            groups = [x for part in gather_object([groups]) for x in part] if world > 1 else groups
+            run.log_rollouts(step + 1, groups, media=cfg.log_media)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == g.steps:
             trainer_state = {"step": step + 1, "advantage_state": advantage_state,

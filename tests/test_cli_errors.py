@@ -101,3 +101,8 @@ def test_overwrite_deletes_only_the_runs_files(tmp_path):
     assert (root / "metrics.jsonl").exists()
     claim_run_dir(root, resume=False, overwrite=True)
     assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]
+
+
+def test_demo_on_a_missing_run_directory(tmp_path, capsys):
+    err = run_cli(["demo", str(tmp_path / "nope")], capsys)
+    assert err == f"mmrl: error: run directory not found: {tmp_path / 'nope'}"

@@ -1,0 +1,243 @@
+"""Task-aware pictures of one sample: what the model saw, with its answer and the ground truth drawn on it.
+
+A renderer is ``fn(view, group, sample, settings) -> PIL.Image | None``, registered by task name in ``RENDERERS``:
+
+- ``gui_grounding``: the screenshot with the GUI-G² Gaussian reward field of the target element as a translucent
+  overlay (``exp(-0.5·((x-cx)²/σx² + (y-cy)²/σy²))``, ``σ = α·side``; Tang et al. 2025), the target box in green and
+  the predicted point (or box) in red, mapped back to original pixels with the sample's ``scale``;
+- ``temporal_grounding``: a strip of frames with their timestamps over a timeline bar of the whole video, ground
+  truth in green and the predicted segment in red;
+- ``diffusion``: the prompt group's images in a grid, each with its total reward, best framed green, worst red and
+  the selected sample blue;
+- anything else: the record's first image, if any (the text panels carry the rest).
+
+Renderers read files only through ``RunView.file`` (inside the run directory) and raise ``RenderError`` with a
+message for the UI when a file is refused, missing or unreadable; model output is parsed, never trusted.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from mmrl.demo.runs import RefusedPath, RunView, Sample
+from mmrl.errors import DataError
+from mmrl.vision import load_image
+from rewards.gui import to_original
+from rewards.parsing import parse_box, parse_point
+from rewards.temporal import parse_interval
+
+GREEN, RED, BLUE = (30, 170, 60), (220, 40, 40), (40, 110, 230)
+MIN_SIDE = 448
+"""Small images (tiny synthetic runs) are enlarged, nearest-neighbour, until their shorter side reaches this."""
+STRIP_FRAMES = 8
+THUMB_HEIGHT = 96
+
+
+class RenderError(RuntimeError):
+    """A sample cannot be drawn (its file is refused, missing or corrupt); the message is shown instead."""
+
+
+Renderer = Callable[[RunView, dict, Sample, dict], "Image.Image | None"]
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def open_image(view: RunView, name: str) -> Image.Image:
+    """The run's image ``name`` as RGB, or ``RenderError`` naming it."""
+    try:
+        return load_image(view.file(name))
+    except (RefusedPath, FileNotFoundError, DataError) as exc:
+        raise RenderError(str(exc)) from exc
+
+
+def enlarge(image: Image.Image) -> tuple[Image.Image, float]:
+    """``image`` scaled up by a whole factor until its shorter side is at least ``MIN_SIDE``, and the factor."""
+    factor = max(1, -(-MIN_SIDE // max(1, min(image.size))))
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST), float(factor)
+
+
+def gaussian_field(width: int, height: int, box: list[float], alpha: float) -> np.ndarray:
+    """GUI-G²'s point reward at every pixel centre of a ``width`` x ``height`` image, for the element ``box``:
+    ``exp(-0.5·((x-cx)²/σx² + (y-cy)²/σy²))`` with ``σx = α·w``, ``σy = α·h`` (floored at 1e-6 px)."""
+    x1, y1, x2, y2 = min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])
+    sx, sy = max(alpha * (x2 - x1), 1e-6), max(alpha * (y2 - y1), 1e-6)
+    xs = (np.arange(width) + 0.5 - (x1 + x2) / 2) / sx
+    ys = (np.arange(height) + 0.5 - (y1 + y2) / 2) / sy
+    return np.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))
+
+
+def overlay(image: Image.Image, field: np.ndarray, color=(255, 140, 0), opacity: float = 0.6) -> Image.Image:
+    """``image`` with ``color`` blended in at ``opacity · field`` per pixel (``field`` in [0, 1])."""
+    rgb = np.asarray(image, dtype=np.float32)
+    weight = (opacity * np.clip(field, 0, 1))[..., None]
+    blended = rgb * (1 - weight) + np.asarray(color, dtype=np.float32) * weight
+    return Image.fromarray(blended.round().astype(np.uint8))
+
+
+def predicted_geometry(completion: str | None, answer_format: str, scale: list[float]) -> tuple[str, list[float]] | None:
+    """``("box", [x1, y1, x2, y2])`` or ``("point", [x, y])`` in original pixels, or ``None`` if unparsable."""
+    box = parse_box(completion) if answer_format == "box" else None
+    if box is not None:
+        return "box", to_original(box, scale)
+    point = parse_point(completion)
+    return ("point", to_original(point, scale)) if point is not None else None
+
+
+def render_gui(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image:
+    names = view.media(group, "images")
+    if not names:
+        raise RenderError("this record names no screenshot")
+    image = open_image(view, names[0])
+    fields = group.get("fields") or {}
+    gt_box, scale = fields.get("gt_box"), fields.get("scale") or [1.0, 1.0]
+    if gt_box is not None:
+        image = overlay(image, gaussian_field(image.width, image.height, gt_box, settings.get("alpha", 0.5)))
+    image, k = enlarge(image)
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(k / 2))
+    if gt_box is not None:
+        draw.rectangle([v * k for v in gt_box], outline=GREEN, width=width)
+    try:
+        predicted = predicted_geometry(sample.completion, fields.get("answer_format", "point"), scale)
+    except ValueError:  # a malformed scale in the record
+        predicted = None
+    if predicted is not None and predicted[0] == "box":
+        draw.rectangle([v * k for v in predicted[1]], outline=RED, width=width)
+    elif predicted is not None:
+        x, y = (v * k for v in predicted[1])
+        r = 3 * width
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=RED, width=width)
+        draw.line([x - 2 * r, y, x + 2 * r, y], fill=RED, width=width)
+        draw.line([x, y - 2 * r, x, y + 2 * r], fill=RED, width=width)
+    return image
+
+
+def read_frames(path: Path, count: int) -> tuple[list[Image.Image], list[float], float]:
+    """``count`` frames evenly spread over the video (first and last included), their times and the duration."""
+    import decord  # video-only dependency
+
+    from mmrl.vision import probe_video
+
+    info = probe_video(path)
+    indices = np.linspace(0, info.n_frames - 1, min(count, info.n_frames)).round().astype(int).tolist()
+    try:
+        frames = decord.VideoReader(str(path)).get_batch(indices).asnumpy()
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise DataError(f"cannot read video {path}: {exc}") from exc
+    return [Image.fromarray(f) for f in frames], [i / info.fps for i in indices], info.duration
+
+
+def render_video(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image:
+    names = view.media(group, "videos")
+    if not names:
+        raise RenderError("this record names no video")
+    try:
+        frames, times, duration = read_frames(view.file(names[0]), STRIP_FRAMES)
+    except (RefusedPath, FileNotFoundError, DataError) as exc:
+        raise RenderError(str(exc)) from exc
+    fields = group.get("fields") or {}
+    duration = float(fields.get("duration") or duration)
+    thumbs = [ImageOps.contain(f, (10 * THUMB_HEIGHT, THUMB_HEIGHT)) for f in frames]
+    gap, label, bar = 4, 16, 56
+    width = sum(t.width for t in thumbs) + gap * (len(thumbs) + 1)
+    canvas = Image.new("RGB", (max(width, 480), THUMB_HEIGHT + label + bar + 3 * gap), "white")
+    draw, font = ImageDraw.Draw(canvas), _font(12)
+    x = gap
+    for thumb, t in zip(thumbs, times):
+        canvas.paste(thumb, (x, gap))
+        draw.text((x, THUMB_HEIGHT + gap + 2), f"{t:.1f}s", fill="black", font=font)
+        x += thumb.width + gap
+    top, left, right = THUMB_HEIGHT + label + 2 * gap, gap, canvas.width - gap
+
+    def span(a: float, b: float, row: int, color, text: str) -> None:
+        scale = (right - left) / duration if duration > 0 else 0.0
+        x1, x2 = left + max(0.0, min(a, b)) * scale, left + min(duration, max(a, b)) * scale
+        y = top + row * 18
+        draw.rectangle([x1, y, max(x2, x1 + 2), y + 12], fill=color)
+        draw.text((left, y + 1), text, fill="black", font=font)
+
+    draw.rectangle([left, top - 2, right, top + 38], outline=(160, 160, 160))
+    gt = fields.get("gt_interval")
+    if isinstance(gt, list) and len(gt) == 2:
+        span(float(gt[0]), float(gt[1]), 0, GREEN, f"truth {gt[0]:.1f}-{gt[1]:.1f}s")
+    predicted = parse_interval(sample.completion)
+    if predicted is not None:
+        span(*predicted, 1, RED, f"predicted {predicted[0]:.1f}-{predicted[1]:.1f}s")
+    draw.text((right - 60, top + 40), f"{duration:.1f}s", fill="black", font=font)
+    return canvas
+
+
+def render_diffusion(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image:
+    names = group.get("images") or []
+    totals = group.get("total") or []
+    scored = [(t, i) for i, t in enumerate(totals) if isinstance(t, (int, float))]
+    best = max(scored)[1] if scored else None
+    worst = min(scored)[1] if scored else None
+    tiles = []
+    for i, name in enumerate(names):
+        if name is None:
+            tiles.append(None)
+            continue
+        tiles.append(ImageOps.contain(open_image(view, name), (256, 256)))
+    side = max([t.width for t in tiles if t is not None] + [64])
+    columns = min(4, max(1, len(names)))
+    rows = -(-len(names) // columns)
+    cell = side + 12
+    canvas = Image.new("RGB", (columns * cell, rows * (cell + 18)), "white")
+    draw, font = ImageDraw.Draw(canvas), _font(13)
+    for i, tile in enumerate(tiles):
+        x, y = (i % columns) * cell, (i // columns) * (cell + 18)
+        if tile is None:
+            draw.text((x + 8, y + side // 2), "(not saved)", fill="gray", font=font)
+        else:
+            canvas.paste(tile, (x + 6, y + 6))
+        frame = BLUE if i == sample.index else GREEN if i == best else RED if i == worst else None
+        if frame is not None:
+            draw.rectangle([x + 1, y + 1, x + cell - 2, y + cell - 2], outline=frame, width=4)
+        mark = " best" if i == best else " worst" if i == worst else ""
+        total = _item_text(totals, i)
+        draw.text((x + 6, y + cell), f"#{i} r={total}{mark}", fill="black", font=font)
+    return canvas
+
+
+def _item_text(values: list, i: int) -> str:
+    value = values[i] if i < len(values) else None
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def render_plain(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image | None:
+    names = view.media(group, "images")
+    return enlarge(open_image(view, names[0]))[0] if names else None
+
+
+LEGENDS = {
+    render_gui: "green: target box · red: predicted point/box · orange: GUI-G² Gaussian reward field of the target",
+    render_video: "green: ground-truth segment · red: predicted segment (the model's answer, as parsed)",
+    render_diffusion: "the prompt group: green frame best reward, red worst, blue the selected image",
+}
+"""One line under each picture saying what its marks mean."""
+
+RENDERERS: dict[str, Renderer] = {
+    "gui_grounding": render_gui,
+    "temporal_grounding": render_video,
+    "diffusion": render_diffusion,
+}
+
+
+def renderer_for(kind: str, group: dict) -> Renderer:
+    """The renderer of the run's task; a run of unknown kind is recognised by its record's fields."""
+    if kind in RENDERERS:
+        return RENDERERS[kind]
+    fields = group.get("fields") or {}
+    if group.get("kind") == "diffusion":
+        return render_diffusion
+    if "gt_box" in fields:
+        return render_gui
+    if "gt_interval" in fields:
+        return render_video
+    return render_plain

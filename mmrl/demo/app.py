@@ -120,6 +120,13 @@ def _panel(name: str):
     return Panel(step, group, table, keys, notes, picture, prompt, completion, rewards)
 
 
+def _picker(choices: list, value) -> gr.Dropdown:
+    """A step picker with ``choices``, keeping ``value`` selectable even if its rollout file has gone (the panel
+    then says so, instead of Gradio rejecting the value)."""
+    kept = choices + [value] if value is not None and value not in choices else choices
+    return gr.Dropdown(choices=kept, value=value)
+
+
 def build_app(run_dir: str | Path, refresh_seconds: float = 5.0):
     """The Gradio ``Blocks`` app over ``run_dir`` (launch it with ``launch``)."""
     viewer = Viewer(run_dir)
@@ -152,8 +159,8 @@ def build_app(run_dir: str | Path, refresh_seconds: float = 5.0):
         """The run as of now: its change signature, the header, both step pickers and the curves."""
         plots, problems = viewer.plots()
         info = "\n\n".join(part for part in (viewer.run_info(), problems) if part)
-        return (viewer.metrics_signature(), info, gr.Dropdown(choices=viewer.step_choices(), value=step_a),
-                gr.Dropdown(choices=viewer.step_choices(optional=True), value=step_b), *plots)
+        return (viewer.metrics_signature(), info, _picker(viewer.step_choices(), step_a),
+                _picker(viewer.step_choices(optional=True), step_b), *plots)
 
     def start():
         """Page load: panel A on the latest step, panel B on the first (when there are two)."""

@@ -111,6 +111,7 @@ def test_live_refresh_and_bad_rollout_files_show_messages(live_app, browser):
 
     _wait_text(browser, "#summary", "step 1")  # panel B compares with the first step
     (run / "rollouts" / "step_000001.jsonl").unlink()
+    _wait_text(browser, "#run-info", "2 steps with rollouts, latest step 3")  # the refresh saw it go
     browser.find_element(By.XPATH, "//*[@id='order']//label[normalize-space(.)='best first']").click()
     _wait_text(browser, "#notes-b", "step_000001.jsonl not found")
     browser.save_screenshot(str(_artifact("demo_bad_files.png")))

@@ -96,24 +96,35 @@ def group_samples(g: int, group: dict) -> list[Sample]:
     ]
 
 
+def json_lines(path: Path | str, text: str, partial_tail: bool = False) -> tuple[list[tuple[int, dict]], list[str]]:
+    """``(line number, object)`` for each JSON-object line of ``text``, and one ``PATH:LINE: ...`` problem per bad
+    line (blank lines are skipped). With ``partial_tail``, a bad last line with no newline after it is skipped
+    silently: a writer is still appending it."""
+    lines = text.split("\n")
+    objects, problems = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if not (partial_tail and number == len(lines)):
+                problems.append(f"{path}:{number}: not valid JSON ({exc.msg}); line skipped")
+            continue
+        if isinstance(value, dict):
+            objects.append((number, value))
+        else:
+            problems.append(f"{path}:{number}: a line must be a JSON object; line skipped")
+    return objects, problems
+
+
 @lru_cache(maxsize=64)
 def _read_rollouts(path: str, mtime_ns: int, size: int) -> tuple[tuple[dict, ...], tuple[str, ...]]:
-    """Parse one rollout file; the mtime and size in the key make a rewritten file a cache miss."""
-    groups, problems = [], []
+    """Parse one rollout file (written atomically, so no partial lines); the mtime and size in the key make a
+    rewritten file a cache miss."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid JSON ({exc.msg}); line skipped")
-                continue
-            if not isinstance(record, dict):
-                problems.append(f"{path}:{number}: a rollout line must be a JSON object; line skipped")
-                continue
-            groups.append(record)
-    return tuple(groups), tuple(problems)
+        objects, problems = json_lines(path, f.read())
+    return tuple(group for _, group in objects), tuple(problems)
 
 
 class RunView:
@@ -153,25 +164,15 @@ class RunView:
         silently; a bad line elsewhere is reported with its line number."""
         path = self.root / "metrics.jsonl"
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+            text = path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return [], [f"{path} not found: no metrics to plot yet"]
         except OSError as exc:
             return [], [f"cannot read {path}: {exc}"]
-        rows, problems = [], []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if number < len(lines):
-                    problems.append(f"{path}:{number}: not valid JSON ({exc.msg}); line skipped")
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                rows.append(row)
-            else:
-                problems.append(f"{path}:{number}: a metrics line must be an object with an integer 'step'")
+        objects, problems = json_lines(path, text, partial_tail=True)
+        rows = [row for _, row in objects if isinstance(row.get("step"), int)]
+        problems += [f"{path}:{number}: a metrics line needs an integer 'step'; line skipped"
+                     for number, row in objects if not isinstance(row.get("step"), int)]
         return rows, problems
 
     def rollouts(self, step: int) -> StepRollouts:

@@ -79,7 +79,7 @@ def test_missing_and_corrupt_rollout_files_give_messages(gui_run):
     step = view.rollouts(2)
     assert len(step.groups) == 1 and step.groups[0]["prompt"] == "click the red button"
     assert step.problems[0].startswith(f"{path}:1: not valid JSON")
-    assert step.problems[1] == f"{path}:3: a rollout line must be a JSON object; line skipped"
+    assert step.problems[1] == f"{path}:3: a line must be a JSON object; line skipped"
     assert view.rollouts(9).problems == [f"rollout file {gui_run / 'rollouts' / 'step_000009.jsonl'} not found"]
     path.write_text("")
     assert view.rollouts(2).problems == [f"rollout file {path} is empty"]
@@ -88,10 +88,11 @@ def test_missing_and_corrupt_rollout_files_give_messages(gui_run):
 def test_metrics_skip_a_half_written_last_line_but_report_others(gui_run):
     path = gui_run / "metrics.jsonl"
     lines = path.read_text().splitlines()
-    path.write_text(lines[0] + "\n{oops\n" + lines[1] + '\n{"step": 3, "reward/me')
+    path.write_text(lines[0] + "\n{oops\n" + lines[1] + '\n{"step": "3"}\n{"step": 4, "reward/me')
     rows, problems = RunView(gui_run).metrics()
     assert [r["step"] for r in rows] == [1, 2]
-    assert problems == [f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes); line skipped"]
+    assert problems == [f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes); line skipped",
+                        f"{path}:4: a metrics line needs an integer 'step'; line skipped"]
 
 
 def test_steps_come_from_the_listing_and_kind_from_the_config(gui_run):

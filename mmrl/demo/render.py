@@ -33,6 +33,8 @@ GREEN, RED, BLUE = (30, 170, 60), (220, 40, 40), (40, 110, 230)
 MIN_SIDE = 448
 """Small images (tiny synthetic runs) are enlarged, nearest-neighbour, until their shorter side reaches this."""
 STRIP_FRAMES = 8
+TIMELINE_LABELS = 150
+"""Pixels left of the timeline for its row labels ("truth 1.0-2.0s", "predicted ...")."""
 THUMB_HEIGHT = 96
 
 
@@ -152,14 +154,14 @@ def render_video(view: RunView, group: dict, sample: Sample, settings: dict) -> 
         canvas.paste(thumb, (x, gap))
         draw.text((x, THUMB_HEIGHT + gap + 2), f"{t:.1f}s", fill="black", font=font)
         x += thumb.width + gap
-    top, left, right = THUMB_HEIGHT + label + 2 * gap, gap, canvas.width - gap
+    top, left, right = THUMB_HEIGHT + label + 2 * gap, gap + TIMELINE_LABELS, canvas.width - gap
 
     def span(a: float, b: float, row: int, color, text: str) -> None:
         scale = (right - left) / duration if duration > 0 else 0.0
         x1, x2 = left + max(0.0, min(a, b)) * scale, left + min(duration, max(a, b)) * scale
         y = top + row * 18
         draw.rectangle([x1, y, max(x2, x1 + 2), y + 12], fill=color)
-        draw.text((left, y + 1), text, fill="black", font=font)
+        draw.text((gap, y), text, fill="black", font=font)
 
     draw.rectangle([left, top - 2, right, top + 38], outline=(160, 160, 160))
     gt = fields.get("gt_interval")
@@ -168,7 +170,8 @@ def render_video(view: RunView, group: dict, sample: Sample, settings: dict) -> 
     predicted = parse_interval(sample.completion)
     if predicted is not None:
         span(*predicted, 1, RED, f"predicted {predicted[0]:.1f}-{predicted[1]:.1f}s")
-    draw.text((right - 60, top + 40), f"{duration:.1f}s", fill="black", font=font)
+    draw.text((left, top + 40), "0s", fill="black", font=font)
+    draw.text((right - 40, top + 40), f"{duration:.1f}s", fill="black", font=font)
     return canvas
 
 

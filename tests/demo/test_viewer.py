@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmrl.demo import tables
 from mmrl.demo.app import Viewer
-from mmrl.demo.render import gaussian_field, render_diffusion, render_gui, render_video
+from mmrl.demo.render import TIMELINE_LABELS, gaussian_field, render_diffusion, render_gui, render_video
 from mmrl.demo.runs import RefusedPath, RunView, inside
 from mmrl.store import RunDir
 from mmrl.types import Group, Sample
@@ -234,12 +234,13 @@ def test_video_renderer_shows_frames_and_both_intervals(tmp_path):
     rollouts = view.rollouts(1)
     strip = np.asarray(render_video(view, rollouts.groups[0], rollouts.samples()[0], {}))
     assert annotations.exists() and strip.shape[0] == 96 + 16 + 56 + 12
-    top, width = 96 + 16 + 8, strip.shape[1] - 8
+    top, left = 96 + 16 + 8, 4 + TIMELINE_LABELS  # the timeline spans [left, width - 4] for 4 seconds
+    width = strip.shape[1] - 4 - left
     green = [x for x in range(strip.shape[1]) if tuple(strip[top + 6, x]) == (30, 170, 60)]
     red = [x for x in range(strip.shape[1]) if tuple(strip[top + 24, x]) == (220, 40, 40)]
     assert green and red
-    assert min(green) == pytest.approx(4 + width / 4, abs=2) and max(green) == pytest.approx(4 + width / 2, abs=2)
-    assert min(red) == pytest.approx(4 + width / 2, abs=2) and max(red) == pytest.approx(4 + width, abs=2)
+    assert min(green) == pytest.approx(left + width / 4, abs=2) and max(green) == pytest.approx(left + width / 2, abs=2)
+    assert min(red) == pytest.approx(left + width / 2, abs=2) and max(red) == pytest.approx(left + width, abs=2)
 
 
 def test_curves_are_thinned_from_the_last_step():

@@ -37,13 +37,13 @@ def _corners(box: Sequence[float]) -> tuple[float, float, float, float]:
     return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
 
 
-def _geometry(box: Sequence[float]) -> tuple[float, float, float, float]:
+def box_geometry(box: Sequence[float]) -> tuple[float, float, float, float]:
     """``(cx, cy, w, h)`` of ``[x1, y1, x2, y2]`` (corners in either order)."""
     x1, y1, x2, y2 = _corners(box)
     return (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
 
 
-def _variances(w: float, h: float, alpha: float) -> tuple[float, float]:
+def gaussian_variances(w: float, h: float, alpha: float) -> tuple[float, float]:
     """``(σx², σy²)`` with ``σ = max(α·size, SIGMA_FLOOR)``."""
     sx = max(alpha * w, SIGMA_FLOOR)
     sy = max(alpha * h, SIGMA_FLOOR)
@@ -57,8 +57,8 @@ def gaussian_point(pred_xy: Sequence[float], gt_box: Sequence[float], alpha: flo
     α = 0.5). ``σ`` is floored at ``SIGMA_FLOOR`` for a degenerate box.
     """
     px, py = (float(v) for v in pred_xy)
-    cx, cy, w, h = _geometry(gt_box)
-    vx, vy = _variances(w, h, alpha)
+    cx, cy, w, h = box_geometry(gt_box)
+    vx, vy = gaussian_variances(w, h, alpha)
     dx, dy = px - cx, py - cy
     return math.exp(-0.5 * (dx * dx / vx + dy * dy / vy))
 
@@ -72,10 +72,10 @@ def gaussian_coverage(pred_box: Sequence[float], gt_box: Sequence[float], alpha:
     1.0 for identical boxes; both a shift and a size mismatch lower it. The log-determinant term is computed
     as a sum of logs of the diagonal entries.
     """
-    cxp, cyp, wp, hp = _geometry(pred_box)
-    cxg, cyg, wg, hg = _geometry(gt_box)
-    vpx, vpy = _variances(wp, hp, alpha)
-    vgx, vgy = _variances(wg, hg, alpha)
+    cxp, cyp, wp, hp = box_geometry(pred_box)
+    cxg, cyg, wg, hg = box_geometry(gt_box)
+    vpx, vpy = gaussian_variances(wp, hp, alpha)
+    vgx, vgy = gaussian_variances(wg, hg, alpha)
     vbx, vby = (vpx + vgx) / 2, (vpy + vgy) / 2
     dx, dy = cxp - cxg, cyp - cyg
     mahalanobis = dx * dx / vbx + dy * dy / vby

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from mmrl.demo.runs import RefusedPath, RunView, Sample
 from mmrl.errors import DataError
 from mmrl.vision import load_image
-from rewards.gui import to_original
+from rewards.gui import box_geometry, gaussian_variances, to_original
 from rewards.parsing import parse_box, parse_point
 from rewards.temporal import parse_interval
 
@@ -65,12 +65,13 @@ def enlarge(image: Image.Image) -> tuple[Image.Image, float]:
 
 def gaussian_field(width: int, height: int, box: list[float], alpha: float) -> np.ndarray:
     """GUI-G²'s point reward at every pixel centre of a ``width`` x ``height`` image, for the element ``box``:
-    ``exp(-0.5·((x-cx)²/σx² + (y-cy)²/σy²))`` with ``σx = α·w``, ``σy = α·h`` (floored at 1e-6 px)."""
-    x1, y1, x2, y2 = min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])
-    sx, sy = max(alpha * (x2 - x1), 1e-6), max(alpha * (y2 - y1), 1e-6)
-    xs = (np.arange(width) + 0.5 - (x1 + x2) / 2) / sx
-    ys = (np.arange(height) + 0.5 - (y1 + y2) / 2) / sy
-    return np.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))
+    ``exp(-0.5·((x-cx)²/σx² + (y-cy)²/σy²))`` with ``σx = α·w``, ``σy = α·h`` (``rewards.gui``'s geometry and
+    floored σ, vectorised)."""
+    cx, cy, w, h = box_geometry(box)
+    vx, vy = gaussian_variances(w, h, alpha)
+    xs = (np.arange(width) + 0.5 - cx) ** 2 / vx
+    ys = (np.arange(height) + 0.5 - cy) ** 2 / vy
+    return np.exp(-0.5 * (ys[:, None] + xs[None, :]))
 
 
 def overlay(image: Image.Image, field: np.ndarray, color=(255, 140, 0), opacity: float = 0.6) -> Image.Image:
@@ -81,7 +82,8 @@ def overlay(image: Image.Image, field: np.ndarray, color=(255, 140, 0), opacity:
     return Image.fromarray(blended.round().astype(np.uint8))
 
 
-def predicted_geometry(completion: str | None, answer_format: str, scale: list[float]) -> tuple[str, list[float]] | None:
+def predicted_geometry(completion: str | None, answer_format: str,
+                       scale: list[float]) -> tuple[str, list[float]] | None:
     """``("box", [x1, y1, x2, y2])`` or ``("point", [x, y])`` in original pixels, or ``None`` if unparsable."""
     box = parse_box(completion) if answer_format == "box" else None
     if box is not None:

@@ -48,7 +48,8 @@ def test_media_are_kept_inside_the_run(gui_run, tmp_path):
     record = json.loads((gui_run / "rollouts" / "step_000001.jsonl").read_text())
     stored = record["media"]["images"][0]
     assert record["images"] == [str(tmp_path / "data" / "shot.png")]  # provenance: what the model saw
-    assert stored.startswith("media/") and (gui_run / stored).read_bytes() == (tmp_path / "data" / "shot.png").read_bytes()
+    assert stored.startswith("media/")
+    assert (gui_run / stored).read_bytes() == (tmp_path / "data" / "shot.png").read_bytes()
     second = json.loads((gui_run / "rollouts" / "step_000002.jsonl").read_text())
     assert second["media"]["images"] == [stored] and len(os.listdir(gui_run / "media")) == 1
 

@@ -1,15 +1,18 @@
 """Diffusion algorithms on the tiny pipelines, CPU: does each tiny config raise its reward, and AWM vs Flow-GRPO.
 
-    python benchmarks/diffusion_tiny.py [--part configs|awm|both] [--seeds 0 1 2]
+    python benchmarks/diffusion_tiny.py [--part configs|awm|both] [--seeds 0 1 2] [--algorithms awm ...]
+                                        [--set KEY=VALUE ...]
 
-``configs``: runs ``configs/diffusion/<algorithm>/tiny.yaml`` for each algorithm and seed and reports the mean
-reward of the first and last 5 steps, their difference, and the wall-clock time.
+``configs``: runs ``configs/diffusion/<algorithm>/tiny.yaml`` for each algorithm and seed (with the given
+``--set`` overrides, e.g. ``--set awm.timesteps_per_sample=4``) and reports the mean reward of the first and
+last 5 steps, their difference, and the wall-clock time.
 
 ``awm``: AWM and Flow-GRPO on the same tiny setup: ``awm/tiny.yaml`` and ``flow_grpo/tiny.yaml`` must agree on
-everything outside their own sections (pipeline, prompts, reward, batch, sampler, learning rate), which is
-checked. Each run's reward curve is smoothed
-with a 5-step moving average; the target is the lower of the two runs' best smoothed reward, and the table gives
-the steps and seconds each needed to first reach it. Results go in benchmarks/RESULTS.md.
+everything outside their own sections and learning rates (pipeline, prompts, reward, batch, sampler, steps),
+which is checked; each learning rate is that algorithm's best of those tried (benchmarks/RESULTS.md). Each
+run's reward curve is smoothed with a 5-step moving average; the target is the lower of the two runs' best
+smoothed reward, and the table gives the steps and seconds each needed to first reach it. Results go in
+benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -49,23 +52,35 @@ def first_reach(curve: list[float], target: float) -> int:
     return next(i + 1 for i, v in enumerate(curve) if v >= target)
 
 
-def part_configs(seeds: list[int]) -> None:
+def part_configs(seeds: list[int], algorithms: list[str], overrides: list[str]) -> None:
     print("| algorithm | seed | steps | first 5 | last 5 | last − first | wall (s) |")
     print("|---|---|---|---|---|---|---|")
-    for algorithm in ALGORITHMS:
+    for algorithm in algorithms:
         for seed in seeds:
-            rows, seconds = run(CONFIGS / algorithm / "tiny.yaml", [f"seed={seed}"])
+            rows, seconds = run(CONFIGS / algorithm / "tiny.yaml", [f"seed={seed}", *overrides])
             rewards = [r["reward/mean"] for r in rows]
             first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
             print(f"| {algorithm} | {seed} | {len(rows)} | {first:.4f} | {last:.4f} | {last - first:+.4f} | "
                   f"{seconds:.0f} |", flush=True)
 
 
+OWN = {"algorithm", "output_dir", "alignprop", "ppo", "ddpo", "flow_grpo", "awm", "optim.lr"}
+"""Config keys each algorithm sets for itself: its name, run directory, own section and learning rate."""
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """``{"optim": {"lr": x}}`` -> ``{"optim.lr": x}``, stopping at the algorithm sections (``OWN``)."""
+    out = {}
+    for key, value in tree.items():
+        name = prefix + key
+        out.update(flat(value, name + ".") if isinstance(value, dict) and name not in OWN else {name: value})
+    return out
+
+
 def same_setup(a: Path, b: Path) -> None:
-    """Raise unless the two configs differ only in ``algorithm``, ``output_dir`` and algorithm sections."""
-    own = {"algorithm", "output_dir", "alignprop", "ppo", "ddpo", "flow_grpo", "awm"}
-    ca, cb = (to_dict(load_config(DiffusionConfig, p)) for p in (a, b))
-    diff = sorted(k for k in ca if k not in own and ca[k] != cb[k])
+    """Raise unless the two configs differ only in the keys of ``OWN``."""
+    ca, cb = (flat(to_dict(load_config(DiffusionConfig, p))) for p in (a, b))
+    diff = sorted(k for k in ca if k not in OWN and ca[k] != cb[k])
     if diff:
         raise SystemExit(f"{a} and {b} differ in {diff}: not the same setup")
 
@@ -91,9 +106,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="both", choices=["configs", "awm", "both"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS,
+                        help="configs part only: which tiny configs to run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="configs part only: a config override applied to every run (repeatable)")
     args = parser.parse_args()
     if args.part in ("configs", "both"):
-        part_configs(args.seeds)
+        part_configs(args.seeds, args.algorithms, args.overrides)
     if args.part in ("awm", "both"):
         part_awm(args.seeds)
 

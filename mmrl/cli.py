@@ -48,8 +48,10 @@ def cmd_make_tiny(args) -> None:
 def cmd_make_tiny_diffusion(args) -> None:
     from mmrl.diffusion.tiny import make_tiny_diffusion
 
-    out = make_tiny_diffusion(args.out_dir, kind=args.kind, seed=args.seed, resolution=args.resolution)
-    print(f"wrote tiny {args.kind} diffusion pipeline ({args.resolution}x{args.resolution}) to {out}")
+    out = make_tiny_diffusion(args.out_dir, kind=args.kind, seed=args.seed, resolution=args.resolution,
+                              pretrain_steps=args.pretrain_steps)
+    trained = f", pre-trained {args.pretrain_steps} steps" if args.pretrain_steps else ""
+    print(f"wrote tiny {args.kind} diffusion pipeline ({args.resolution}x{args.resolution}{trained}) to {out}")
 
 
 def cmd_demo(args) -> None:
@@ -92,11 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rope-theta", type=float, help="rotary base of the text model (default: the size's, 10)")
     p.set_defaults(func=cmd_make_tiny)
 
-    p = sub.add_parser("make-tiny-diffusion", help="write a tiny random SD 1.x / SD3 diffusers pipeline")
+    p = sub.add_parser("make-tiny-diffusion", help="write a tiny SD 1.x / SD3 diffusers pipeline (random or briefly pre-trained)")
     p.add_argument("out_dir")
     p.add_argument("--kind", default="sd", choices=["sd", "sd3"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=32, help="default image size, a multiple of 8 (default 32)")
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="pre-train the denoiser this many steps on synthetic disc images (default 0: random)")
     p.set_defaults(func=cmd_make_tiny_diffusion)
 
     p = sub.add_parser("demo", help="Gradio rollout inspector over a run directory (VLM or diffusion)")

@@ -28,6 +28,10 @@ class DiffusionModelConfig:
     """A diffusers pipeline folder or hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5,
     stabilityai/stable-diffusion-3.5-medium), or ``tiny-sd`` / ``tiny-sd3`` to build (once, cached) a tiny local
     pipeline with random weights."""
+    tiny_pretrain_steps: int = 0
+    """``tiny-sd`` / ``tiny-sd3`` only: pre-train the tiny denoiser for this many steps on synthetic disc images
+    before RL (``mmrl.diffusion.pretrain``; 0 keeps it random). AWM needs it: its pre-training loss measures the
+    likelihood of the model's samples only when the model is a diffusion model of something."""
     cache_dir: str = "~/.cache/mmrl"
     """Where tiny pipelines are cached."""
     dtype: str = "auto"

@@ -106,6 +106,12 @@ def renoise(x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor, alphas_cumpr
     raise ValueError(f"AWM supports epsilon and v_prediction DDPM models, not {prediction_type!r}")
 
 
+def denoising_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The pre-training loss of each sample: ``mean over elements (fθ(x_t) − target)²`` (``renoise`` gives the
+    target)."""
+    return ((prediction - target) ** 2).mean(dim=tuple(range(1, prediction.ndim)))
+
+
 def awm_loss(prediction: torch.Tensor, target: torch.Tensor, advantages: torch.Tensor,
              base_prediction: torch.Tensor | None = None, reg_weight: float = 0.0) -> torch.Tensor:
     """Advantage-weighted matching (AWM, Xue et al. 2025, "Advantage Weighted Matching: Aligning RL with
@@ -116,8 +122,7 @@ def awm_loss(prediction: torch.Tensor, target: torch.Tensor, advantages: torch.T
     The first term is the model's own pre-training loss (flow matching: target ``ε − x0``; DDPM: ``ε``) on its
     samples, weighted per sample by the advantage: likelihood goes up for better-than-average samples and down
     for worse ones. The second keeps the output near the base model's."""
-    dims = tuple(range(1, prediction.ndim))
-    loss = (advantages * ((prediction - target) ** 2).mean(dim=dims)).mean()
+    loss = (advantages * denoising_loss(prediction, target)).mean()
     if base_prediction is not None and reg_weight > 0:
         loss = loss + reg_weight * ((prediction - base_prediction) ** 2).mean()
     return loss

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from mmrl.diffusion.config import DiffusionModelConfig
+from mmrl.diffusion.losses import renoise
 from mmrl.diffusion.samplers import DDIMSampler, Denoise, FlowSampler
 from mmrl.errors import ConfigError
 from mmrl.models.load import resolve_dtype
@@ -27,14 +28,17 @@ TINY = {"tiny-sd": "sd", "tiny-sd3": "sd3"}
 
 
 def resolve_pipeline_path(cfg: DiffusionModelConfig) -> str:
-    """``tiny-sd`` / ``tiny-sd3`` -> a cached tiny pipeline folder (built on first use); a local folder must be a
+    """``tiny-sd`` / ``tiny-sd3`` -> a cached tiny pipeline folder (built on first use, pre-trained for
+    ``tiny_pretrain_steps``); a local folder must be a
     diffusers pipeline (``model_index.json``); anything else is passed on as a hub id."""
     if cfg.path in TINY:
         from mmrl.diffusion.tiny import make_tiny_diffusion
 
-        folder = Path(cfg.cache_dir).expanduser() / "models" / f"{cfg.path}-r{cfg.resolution}"
+        pretrained = f"-p{cfg.tiny_pretrain_steps}" if cfg.tiny_pretrain_steps else ""
+        folder = Path(cfg.cache_dir).expanduser() / "models" / f"{cfg.path}-r{cfg.resolution}{pretrained}"
         if not (folder / "model_index.json").is_file():  # make_tiny_diffusion publishes the folder atomically
-            make_tiny_diffusion(folder, kind=TINY[cfg.path], resolution=cfg.resolution)
+            make_tiny_diffusion(folder, kind=TINY[cfg.path], resolution=cfg.resolution,
+                                pretrain_steps=cfg.tiny_pretrain_steps)
         return str(folder)
     path = Path(cfg.path).expanduser()
     if path.exists() and not (path / "model_index.json").is_file():
@@ -130,6 +134,13 @@ class DiffusionPolicy:
             return u + guidance_scale * (c - u)
 
         return f
+
+    def renoise(self, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor):
+        """``mmrl.diffusion.losses.renoise`` with this pipeline's noise schedule: the noisy input, model timestep
+        and pre-training target of clean latents ``x0`` at levels ``u`` in (0, 1)."""
+        scheduler = self.pipe.scheduler
+        prediction_type = getattr(scheduler.config, "prediction_type", "flow")
+        return renoise(x0, noise, u, getattr(scheduler, "alphas_cumprod", None), prediction_type)
 
     @contextmanager
     def reference_model(self):

@@ -15,7 +15,7 @@ import torch
 
 from mmrl.diffusion.algorithms.base import Batch, Context, StepResult, reward_metrics, sample_with_advantages
 from mmrl.diffusion.algorithms.policy_gradient import mean_records
-from mmrl.diffusion.losses import awm_loss, group_advantages, renoise, stratified_times
+from mmrl.diffusion.losses import awm_loss, group_advantages, stratified_times
 
 
 class AWM:
@@ -33,14 +33,11 @@ class AWM:
         x0 = batch.trajectory.final
         n, k = len(x0), self.cfg.timesteps_per_sample
         levels = stratified_times(n, k, generator)
-        scheduler = ctx.policy.pipe.scheduler
-        alphas = getattr(scheduler, "alphas_cumprod", None)
-        prediction_type = getattr(scheduler.config, "prediction_type", "flow")
         records = []
         for rows in ctx.micro_batches(n, generator):
             for j in range(k):
                 noise = torch.randn(x0[rows].shape, generator=generator).to(x0.device)
-                x_t, t, target = renoise(x0[rows], noise, levels[rows, j].to(x0.device), alphas, prediction_type)
+                x_t, t, target = ctx.policy.renoise(x0[rows], noise, levels[rows, j].to(x0.device))
                 prediction = ctx.policy.denoiser_fn(batch.cond[rows])(x_t, t)
                 base = None
                 if self.cfg.reg_weight > 0:

@@ -1,0 +1,97 @@
+"""A brief denoising pre-training of a tiny pipeline, so that RL starts from a model of *some* image distribution.
+
+A random denoiser is not a diffusion model of anything: sampled with 10 DDIM steps, the random tiny UNet's final
+latents have std ≈ 10, far outside the noise scale it is evaluated at. Algorithms that read the sampler's own
+log-probs (DDPO, Flow-GRPO) or differentiate through it (AlignProp) do not care, but AWM raises the likelihood of
+good samples through the *pre-training loss*, which measures likelihood only for a model whose samples match
+its denoising objective (measured: on the random tiny UNet AWM's gradient has cosine 0.02–0.06 with Flow-GRPO's
+on the same batches and its reward does not rise; after this pre-training it does, docs/diffusion.md).
+
+The data are synthetic and made here: a disc of the prompt's colour on a flat random background
+(``disc_images``), prompts ``"a {colour} {object}"`` (``PRETRAIN_PROMPTS``, which include the tiny configs'
+prompts), so the text conditioning means something. Steps:
+
+1. encode a fixed seeded set of images with the (random, frozen) VAE and set the VAE's ``scaling_factor`` (and,
+   for SD3-style VAEs, ``shift_factor``) so that the latents have mean 0 (SD3) and std 1, which is how SD chose
+   its 0.18215: ``z = (E(x) − shift)·scale``;
+2. train the denoiser with its own pre-training loss on those latents: ``x_t = renoise(z, ε, u)`` with
+   ``u ~ U(0, 1)`` and ``mean (fθ(x_t, t, c) − target)²`` (ε for SD 1.x, the velocity ``ε − z`` for flow
+   models), AdamW, gradient clipping at 1.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+COLOURS = {
+    "red": (0.90, 0.10, 0.10), "blue": (0.10, 0.20, 0.90), "green": (0.10, 0.75, 0.20),
+    "yellow": (0.95, 0.90, 0.10), "white": (0.95, 0.95, 0.95), "black": (0.05, 0.05, 0.05),
+}
+OBJECTS = ("apple", "car", "tree", "duck")
+PRETRAIN_PROMPTS = [f"a {colour} {thing}" for colour in COLOURS for thing in OBJECTS]
+DATASET_SIZE = 1024
+"""Images in the fixed pre-training set (encoded once)."""
+
+
+def disc_images(colours: torch.Tensor, resolution: int, generator: torch.Generator) -> torch.Tensor:
+    """``[n, 3, R, R]`` images in [-1, 1]: a disc of colour ``colours[i]`` (RGB in [0, 1]) with radius 0.1–0.3 of
+    the side, centred in the middle 60 %, on a flat background of a uniformly random colour."""
+    n = len(colours)
+    axis = torch.linspace(0, 1, resolution)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    background = torch.rand(n, 3, 1, 1, generator=generator)
+    cx, cy = (torch.rand(n, 1, 1, generator=generator) * 0.6 + 0.2 for _ in range(2))
+    radius = torch.rand(n, 1, 1, generator=generator) * 0.2 + 0.1
+    disc = (((xx - cx) ** 2 + (yy - cy) ** 2) < radius**2).float().unsqueeze(1)
+    images = background * (1 - disc) + colours.view(n, 3, 1, 1) * disc
+    return images * 2 - 1
+
+
+def prompt_colours(prompts: list[str]) -> torch.Tensor:
+    """RGB of the colour word in each of ``prompts`` (each must contain one of ``COLOURS``)."""
+    rgb = []
+    for prompt in prompts:
+        words = [w for w in prompt.split() if w in COLOURS]
+        if not words:
+            raise ValueError(f"prompt {prompt!r} names none of the colours {', '.join(COLOURS)}")
+        rgb.append(COLOURS[words[0]])
+    return torch.tensor(rgb)
+
+
+@torch.no_grad()
+def fit_latent_scale(vae, images: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Set ``vae.config.scaling_factor`` to 1/std of the encoded ``images`` (and ``shift_factor`` to their mean
+    when ``shift``) and return the latents normalised that way."""
+    raw = vae.encode(images).latent_dist.mean
+    offset = raw.mean().item() if shift else 0.0
+    scale = 1.0 / (raw - offset).std().item()
+    vae.register_to_config(scaling_factor=scale, **({"shift_factor": offset} if shift else {}))
+    return (raw - offset) * scale
+
+
+def pretrain_tiny(policy, resolution: int, steps: int, generator: torch.Generator, batch_size: int = 64,
+                  lr: float = 1e-3, progress: bool = True) -> list[float]:
+    """Pre-train ``policy``'s denoiser for ``steps`` steps as described in the module docstring (in place, all
+    denoiser weights; the VAE's latent scale is set too). Returns the loss of every step."""
+    from mmrl.diffusion.losses import denoising_loss
+
+    index = torch.randint(len(PRETRAIN_PROMPTS), (DATASET_SIZE,), generator=generator)
+    prompts = [PRETRAIN_PROMPTS[i] for i in index.tolist()]
+    latents = fit_latent_scale(policy.pipe.vae, disc_images(prompt_colours(prompts), resolution, generator),
+                               shift=policy.kind == "sd3")
+    cond = policy.encode(PRETRAIN_PROMPTS)[index]
+    denoiser = policy.denoiser.float().requires_grad_(True).train()
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr)
+    losses = []
+    for _ in tqdm(range(steps), desc="pre-training the tiny denoiser", disable=not progress):
+        rows = torch.randint(DATASET_SIZE, (batch_size,), generator=generator)
+        noise = torch.randn(latents[rows].shape, generator=generator)
+        x_t, t, target = policy.renoise(latents[rows], noise, torch.rand(batch_size, generator=generator))
+        loss = denoising_loss(policy.denoiser_fn(cond[rows])(x_t, t), target).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    denoiser.requires_grad_(False).eval()
+    return losses

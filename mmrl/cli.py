@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rope-theta", type=float, help="rotary base of the text model (default: the size's, 10)")
     p.set_defaults(func=cmd_make_tiny)
 
-    p = sub.add_parser("make-tiny-diffusion", help="write a tiny SD 1.x / SD3 diffusers pipeline (random or briefly pre-trained)")
+    p = sub.add_parser("make-tiny-diffusion",
+                       help="write a tiny SD 1.x / SD3 diffusers pipeline (random or briefly pre-trained)")
     p.add_argument("out_dir")
     p.add_argument("--kind", default="sd", choices=["sd", "sd3"])
     p.add_argument("--seed", type=int, default=0)

@@ -29,8 +29,8 @@ TINY = {"tiny-sd": "sd", "tiny-sd3": "sd3"}
 
 def resolve_pipeline_path(cfg: DiffusionModelConfig) -> str:
     """``tiny-sd`` / ``tiny-sd3`` -> a cached tiny pipeline folder (built on first use, pre-trained for
-    ``tiny_pretrain_steps``); a local folder must be a
-    diffusers pipeline (``model_index.json``); anything else is passed on as a hub id."""
+    ``tiny_pretrain_steps``); a local folder must be a diffusers pipeline (``model_index.json``); anything else is
+    passed on as a hub id."""
     if cfg.path in TINY:
         from mmrl.diffusion.tiny import make_tiny_diffusion
 

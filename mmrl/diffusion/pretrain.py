@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from mmrl.diffusion.losses import denoising_loss
+
 COLOURS = {
     "red": (0.90, 0.10, 0.10), "blue": (0.10, 0.20, 0.90), "green": (0.10, 0.75, 0.20),
     "yellow": (0.95, 0.90, 0.10), "white": (0.95, 0.95, 0.95), "black": (0.05, 0.05, 0.05),
@@ -73,8 +75,6 @@ def pretrain_tiny(policy, resolution: int, steps: int, generator: torch.Generato
                   lr: float = 1e-3, progress: bool = True) -> list[float]:
     """Pre-train ``policy``'s denoiser for ``steps`` steps as described in the module docstring (in place, all
     denoiser weights; the VAE's latent scale is set too). Returns the loss of every step."""
-    from mmrl.diffusion.losses import denoising_loss
-
     index = torch.randint(len(PRETRAIN_PROMPTS), (DATASET_SIZE,), generator=generator)
     prompts = [PRETRAIN_PROMPTS[i] for i in index.tolist()]
     latents = fit_latent_scale(policy.pipe.vae, disc_images(prompt_colours(prompts), resolution, generator),

@@ -30,16 +30,17 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "diffusion"
 ALGORITHMS = ("alignprop", "ddpo", "flow_grpo", "awm")
 
 
-def run(config: Path, overrides: list[str]) -> tuple[list[dict], float]:
-    """Train with ``config`` + ``overrides`` in a scratch directory; returns the metric rows and the wall time."""
+def run(config: Path, overrides: list[str]) -> tuple[list[dict], dict, float]:
+    """Train with ``config`` + ``overrides`` in a scratch directory; returns the metric rows, the trainer's
+    summary (its ``reward`` holds the first/last 5-step means) and the wall time."""
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(DiffusionConfig, config, [f"output_dir={out}", "progress=false", "log_rollouts=false",
                                                     "save_every=100000", *overrides])
         began = time.perf_counter()
-        train(cfg)
+        summary = train(cfg)
         seconds = time.perf_counter() - began
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return rows, seconds
+    return rows, summary, seconds
 
 
 def smoothed(values: list[float], window: int = 5) -> list[float]:
@@ -57,9 +58,8 @@ def part_configs(seeds: list[int], algorithms: list[str], overrides: list[str]) 
     print("|---|---|---|---|---|---|---|")
     for algorithm in algorithms:
         for seed in seeds:
-            rows, seconds = run(CONFIGS / algorithm / "tiny.yaml", [f"seed={seed}", *overrides])
-            rewards = [r["reward/mean"] for r in rows]
-            first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+            rows, summary, seconds = run(CONFIGS / algorithm / "tiny.yaml", [f"seed={seed}", *overrides])
+            first, last = summary["reward"]["first"], summary["reward"]["last"]
             print(f"| {algorithm} | {seed} | {len(rows)} | {first:.4f} | {last:.4f} | {last - first:+.4f} | "
                   f"{seconds:.0f} |", flush=True)
 
@@ -92,7 +92,7 @@ def part_awm(seeds: list[int]) -> None:
     for seed in seeds:
         curves, seconds_per_step = {}, {}
         for algorithm in ("flow_grpo", "awm"):
-            rows, _ = run(CONFIGS / algorithm / "tiny.yaml", [f"seed={seed}"])
+            rows, _, _ = run(CONFIGS / algorithm / "tiny.yaml", [f"seed={seed}"])
             curves[algorithm] = smoothed([r["reward/mean"] for r in rows])
             seconds_per_step[algorithm] = [r["step_seconds"] for r in rows]
         target = min(max(c) for c in curves.values())

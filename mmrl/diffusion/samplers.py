@@ -130,10 +130,11 @@ def flow_sde_step_with_logprob(sigma: torch.Tensor, sigma_next: torch.Tensor, ve
     return _draw(mean, std * (-dt).sqrt(), prev_sample, generator)
 
 
-class DDIMSampler:
-    """DDIM over ``steps`` timesteps of a diffusers DDIM-compatible scheduler (its ``alphas_cumprod``)."""
+class _ScheduleSampler:
+    """``steps`` steps of a diffusers scheduler's schedule, with a default stochasticity ``eta`` (DDIM's η or the
+    flow SDE's noise level a) that ``step(..., eta=...)`` may override."""
 
-    def __init__(self, scheduler, steps: int, eta: float = 1.0):
+    def __init__(self, scheduler, steps: int, eta: float):
         scheduler.set_timesteps(steps)
         self.scheduler, self.eta = scheduler, eta
         self.timesteps = scheduler.timesteps.clone()
@@ -141,6 +142,13 @@ class DDIMSampler:
     def model_time(self, i: int | torch.Tensor) -> torch.Tensor:
         """The timestep value the denoiser is conditioned on at step ``i`` (an int, or one index per sample)."""
         return self.timesteps[i]
+
+
+class DDIMSampler(_ScheduleSampler):
+    """DDIM over ``steps`` timesteps of a diffusers DDIM-compatible scheduler (its ``alphas_cumprod``)."""
+
+    def __init__(self, scheduler, steps: int, eta: float = 1.0):
+        super().__init__(scheduler, steps, eta)
 
     def step(self, i: int | torch.Tensor, output, sample, prev_sample=None, generator=None,
              eta: float | None = None) -> Step:
@@ -151,18 +159,13 @@ class DDIMSampler:
         return ddim_step_with_logprob(self.scheduler, output, t, sample, eta, prev_sample, generator)
 
 
-class FlowSampler:
+class FlowSampler(_ScheduleSampler):
     """Flow-matching sampling over ``steps`` sigmas of a ``FlowMatchEulerDiscreteScheduler`` (with its shift);
     noise level ``a`` > 0 takes Flow-GRPO's SDE steps, ``a = 0`` the deterministic Euler (ODE) steps."""
 
     def __init__(self, scheduler, steps: int, noise_level: float = 0.7):
-        scheduler.set_timesteps(steps)
-        self.scheduler, self.eta = scheduler, noise_level
+        super().__init__(scheduler, steps, noise_level)
         self.sigmas = scheduler.sigmas.clone().float()
-        self.timesteps = scheduler.timesteps.clone()
-
-    def model_time(self, i: int | torch.Tensor) -> torch.Tensor:
-        return self.timesteps[i]
 
     def step(self, i: int | torch.Tensor, output, sample, prev_sample=None, generator=None,
              eta: float | None = None) -> Step:

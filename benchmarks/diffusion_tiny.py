@@ -4,15 +4,15 @@
                                         [--set KEY=VALUE ...]
 
 ``configs``: runs ``configs/diffusion/<algorithm>/tiny.yaml`` for each algorithm and seed (with the given
-``--set`` overrides, e.g. ``--set awm.timesteps_per_sample=4``) and reports the mean reward of the first and
-last 5 steps, their difference, and the wall-clock time.
+``--set`` overrides, e.g. ``--algorithms awm --set algorithm_args.timesteps_per_sample=4``) and reports the mean
+reward of the first and last 5 steps, their difference, and the wall-clock time.
 
 ``awm``: AWM and Flow-GRPO on the same tiny setup: ``awm/tiny.yaml`` and ``flow_grpo/tiny.yaml`` must agree on
-everything outside their own sections and learning rates (pipeline, prompts, reward, batch, sampler, steps),
-which is checked; each learning rate is that algorithm's best of those tried (benchmarks/RESULTS.md). Each
-run's reward curve is smoothed with a 5-step moving average; the target is the lower of the two runs' best
-smoothed reward, and the table gives the steps and seconds each needed to first reach it. Results go in
-benchmarks/RESULTS.md.
+everything outside their algorithm settings (``algorithm_args``, ``ppo``) and learning rates (pipeline, prompts,
+reward, batch, sampler, steps), which is checked; each learning rate is that algorithm's best of those tried
+(benchmarks/RESULTS.md). Each run's reward curve is smoothed with a 5-step moving average; the target is the lower
+of the two runs' best smoothed reward, and the table gives the steps and seconds each needed to first reach it.
+Results go in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -64,12 +64,12 @@ def part_configs(seeds: list[int], algorithms: list[str], overrides: list[str]) 
                   f"{seconds:.0f} |", flush=True)
 
 
-OWN = {"algorithm", "output_dir", "alignprop", "ppo", "ddpo", "flow_grpo", "awm", "optim.lr"}
-"""Config keys each algorithm sets for itself: its name, run directory, own section and learning rate."""
+OWN = {"algorithm", "output_dir", "algorithm_args", "ppo", "optim.lr"}
+"""Config keys each algorithm sets for itself: its name, run directory, own settings and learning rate."""
 
 
 def flat(tree: dict, prefix: str = "") -> dict:
-    """``{"optim": {"lr": x}}`` -> ``{"optim.lr": x}``, stopping at the algorithm sections (``OWN``)."""
+    """``{"optim": {"lr": x}}`` -> ``{"optim.lr": x}``, stopping at the algorithm's own keys (``OWN``)."""
     out = {}
     for key, value in tree.items():
         name = prefix + key

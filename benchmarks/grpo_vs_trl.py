@@ -35,7 +35,7 @@ PROMPTS, GROUP, BETA = 4, 8, 0.04
 def overrides(work: Path, side: int, new_tokens: int, steps: int) -> list[str]:
     """The mmrl config of the workload (also what the TRL side reads its data and model from)."""
     pixels = side * side
-    return [f"output_dir={work / 'mmrl_run'}", f"model.path={work / 'model'}", f"model.cache_dir={work / 'cache'}",
+    return ["task=gui_grounding", f"output_dir={work / 'mmrl_run'}", f"model.path={work / 'model'}", f"model.cache_dir={work / 'cache'}",
             f"model.min_pixels={pixels}", f"model.max_pixels={pixels}", "progress=false", "log_rollouts=false",
             f"data.synthetic.width={side}", f"data.synthetic.height={side}", "data.synthetic.n_train=64",
             "data.synthetic.n_eval=4", "data.synthetic.min_size=40", "data.synthetic.max_size=120", "sft.steps=0",
@@ -64,16 +64,15 @@ def run_trl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from mmrl.config import TrainConfig, build, load_config
+    from mmrl.config import TrainConfig, load_config
     from mmrl.data import load_context, media_cache
-    from mmrl.registry import get_task
+    from mmrl.task import opened
     from mmrl.types import IMAGE_MARK
     from rewards import gui
 
     cfg = load_config(TrainConfig, None, overrides(work, side, new_tokens, steps))
-    task = get_task("gui_grounding")
-    samples = task.load("train", build(task.config_class, cfg.data, "data."),
-                        load_context(cfg.model))
+    with opened("gui_grounding", cfg.data) as (task, data_cfg):
+        samples = task.load("train", data_cfg, load_context(cfg.model))
     images = media_cache(cfg.model)
     rows = [{"prompt": [{"role": "user", "content": [{"type": "image"},
                                                      {"type": "text", "text": s.prompt.replace(IMAGE_MARK, "")}]}],

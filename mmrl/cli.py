@@ -1,27 +1,16 @@
-"""The ``mmrl`` command: train, select, eval, demo, make-tiny, make-tiny-diffusion, diffusion."""
+"""The ``mmrl`` command: train, select, eval, list, demo, make-tiny, make-tiny-diffusion, diffusion."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from mmrl.diffusion import cli as diffusion_cli
 from mmrl.errors import ConfigError, MMRLError
 
-CONFIG_ROOTS = (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs")
-
-
-def default_config(task: str) -> Path:
-    """``configs/<task>/tiny.yaml`` from the working directory or the source checkout."""
-    for root in CONFIG_ROOTS:
-        path = root / task / "tiny.yaml"
-        if path.is_file():
-            return path
-    raise MMRLError(f"no default config for task {task!r} (looked for {task}/tiny.yaml in "
-                    f"{', '.join(str(r) for r in CONFIG_ROOTS)}); pass --config")
-
-
 def cmd_train(args) -> None:
-    from mmrl.config import TrainConfig, load_config
+    from mmrl.config import TrainConfig, default_config, load_config
     from mmrl.trainer import train
 
     path = Path(args.config) if args.config else default_config(args.task)
@@ -30,7 +19,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_select(args) -> None:
-    from mmrl.config import TrainConfig, load_config
+    from mmrl.config import TrainConfig, default_config, load_config
     from mmrl.selection import select
 
     path = Path(args.config) if args.config else default_config(args.task)
@@ -54,6 +43,27 @@ def cmd_make_tiny_diffusion(args) -> None:
     print(f"wrote tiny {args.kind} diffusion pipeline ({args.resolution}x{args.resolution}{trained}) to {out}")
 
 
+def cmd_list(args) -> None:
+    from mmrl.plugins import REGISTRIES, describe
+
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    unknown = [k for k in kinds if k not in REGISTRIES]
+    if unknown:
+        raise ConfigError(f"unknown registry {unknown[0]!r}; valid: {', '.join(REGISTRIES)}")
+    listing = {k: [describe(e, REGISTRIES[k]) for e in REGISTRIES[k].entries()] for k in kinds}
+    if args.json:
+        print(json.dumps(listing, indent=2, default=str))
+        return
+    for kind, rows in listing.items():
+        print(f"{kind} ({len(rows)}): {REGISTRIES[kind].doc}")
+        for row in rows:
+            keys = ", ".join(f"{k}={v}" if not isinstance(v, dict) else f"{k}.*" for k, v in row["config_keys"].items())
+            caps = " ".join(f"{k}={v}" for k, v in row["capabilities"].items())
+            print(f"  {row['name']}  [{row['origin']}]" + (f"  keys: {keys}" if keys else "") +
+                  (f"  ({caps})" if caps else ""))
+        print()
+
+
 def cmd_demo(args) -> None:
     from mmrl.demo.app import launch
 
@@ -63,20 +73,19 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmrl.diffusion import cli as diffusion_cli
     from mmrl.eval import charades, screenspot
 
     parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="cold start + GRPO on a task (default config: configs/TASK/tiny.yaml)")
-    p.add_argument("task", help="task name, e.g. gui_grounding")
+    p.add_argument("task", help="task name (mmrl list task)")
     p.add_argument("--config", help="YAML config (overrides the defaults)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.lr=1e-5 model.lora.enabled=true")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("select", help="score every training item with K rollouts (variance-aware data selection)")
-    p.add_argument("task", help="task name, e.g. gui_grounding")
+    p.add_argument("task", help="task name (mmrl list task)")
     p.add_argument("--config", help="YAML config whose model, data, rewards and sampling settings are used")
     p.add_argument("--k", type=int, default=8, help="completions sampled per item (default 8)")
     p.add_argument("--output", required=True, help="JSON-lines file of per-item reward statistics")
@@ -88,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny", help="write a tiny random Qwen2-VL/Qwen2.5-VL checkpoint")
     p.add_argument("out_dir")
-    p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen2_vl"])
+    p.add_argument("--family", default="qwen2_5_vl",
+                   choices=["qwen2_5_vl", "qwen2_vl", "qwen3_5", "qwen3_vl", "smolvlm"],
+                   help="model family (default qwen2_5_vl): Qwen2.5-VL, Qwen2-VL, Qwen3.5, Qwen3-VL or SmolVLM")
     p.add_argument("--size", default="tiny", choices=["tiny", "small"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rope-theta", type=float, help="rotary base of the text model (default: the size's, 10)")
@@ -103,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="pre-train the denoiser this many steps on synthetic disc images (default 0: random)")
     p.set_defaults(func=cmd_make_tiny_diffusion)
+
+    p = sub.add_parser("list", help="every registry (tasks, rewards, algorithm parts, diffusion algorithms, ...): "
+                                    "each name, where it comes from (mmrl or a plugin) and its config keys")
+    p.add_argument("kind", nargs="?", help="only this registry, e.g. 'task' or 'policy loss'")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("demo", help="Gradio rollout inspector over a run directory (VLM or diffusion)")
     p.add_argument("run_dir", help="a run's output_dir (holds metrics.jsonl and rollouts/)")

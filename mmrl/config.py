@@ -1,15 +1,14 @@
 """Typed configuration: dataclasses with a docstring per field, YAML files as overrides, ``key=value`` on the CLI.
 
-``load_config(TrainConfig, "configs/gui_grounding/tiny.yaml", ["grpo.lr=1e-5"])`` builds the dataclass from the
+``load_config(TrainConfig, "my_run.yaml", ["grpo.lr=1e-5"])`` builds the dataclass from the
 defaults, then the YAML file, then the overrides. An unknown key or a value of the wrong type raises
 ``ConfigError`` naming the key (and the valid keys).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 
 from mmrl.errors import ConfigError
+from mmrl.typed import build, check_type, deep_merge  # noqa: F401  (re-exported)
 from mmrl.vision import VideoBudget
 
 
@@ -42,7 +42,8 @@ class ModelConfig:
     path: str = "tiny"
     """A Hugging Face checkpoint id or folder, or ``tiny`` to build (once, cached) a tiny local model."""
     tiny_family: str = "qwen2_5_vl"
-    """Family of the tiny model built when ``path: tiny`` (qwen2_5_vl or qwen2_vl)."""
+    """Family of the tiny model built when ``path: tiny``: qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_5 or smolvlm (see
+    ``mmrl.models.tiny.FAMILIES``)."""
     tiny_size: str = "tiny"
     """Size of the tiny model built when ``path: tiny`` (tiny or small)."""
     tiny_rope_theta: float | None = None
@@ -174,8 +175,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    task: str = "gui_grounding"
-    """Task adapter name (see ``mmrl.registry``)."""
+    task: str = ""
+    """Task adapter name (required; ``mmrl list task`` shows the registered ones; ``mmrl train TASK`` sets it)."""
     output_dir: str = "runs/default"
     """Run directory: metrics.jsonl, rollouts/, checkpoints/, tb/, summary.json."""
     seed: int = 0
@@ -201,82 +202,19 @@ class TrainConfig:
     data: dict[str, Any] = field(default_factory=dict)
     """Task data settings, checked against the task's own config dataclass."""
     rewards: dict[str, float] = field(default_factory=dict)
-    """Reward name -> weight; names come from the task's reward functions. Empty = the task's defaults."""
+    """Reward name -> weight; names come from the task's reward functions or the ``REWARDS`` registry (plugins
+    included; ``mmrl list``). Empty = the task's defaults."""
+    reward_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword hyperparameters of registry rewards named in ``rewards``, e.g. ``{length_penalty: {limit: 64}}``."""
+    reward_timeout: float | None = None
+    """Seconds one reward function's call on a step's completions may take; past it they score 0 and count as
+    failures (``reward/<name>/failures``). None: no limit."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised cold start."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     """RL phase."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Before/after evaluation."""
-
-
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def check_type(value: Any, tp: Any, key: str) -> Any:
-    """Return ``value`` as type ``tp`` (ints widen to float) or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return check_type(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key '{key}': {value!r} is not of type {tp}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"config key '{key}': expected null, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return build(tp, value, prefix=key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        _, val_tp = typing.get_args(tp) or (Any, Any)
-        return {str(k): check_type(v, val_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def build(cls, values: dict[str, Any], prefix: str = ""):
-    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
-    fields = _field_types(cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys{' under ' + prefix[:-1] if prefix else ''}: "
-            f"{', '.join(fields)}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        if dataclasses.is_dataclass(fields[name]) and isinstance(value, dict):
-            base = dataclasses.asdict(fields[name]())
-            value = _deep_merge(base, value)
-        kwargs[name] = check_type(value, fields[name], prefix + name)
-    return cls(**kwargs)
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
-    return out
 
 
 class _Loader(yaml.SafeLoader):
@@ -332,9 +270,39 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     try:
-        return build(cls, _deep_merge(values, parse_overrides(overrides or [])))
+        return build(cls, deep_merge(values, parse_overrides(overrides or [])))
     except ConfigError as e:
         raise ConfigError(f"command-line override: {e}") from None
+
+
+CONFIG_PACKAGE = "mmrl_configs"
+"""The repository's ``configs/`` folder as installed: pyproject.toml maps this package to the folder, so an editable
+install reads the checkout's files and a wheel carries copies."""
+
+
+def default_config(name: str, *, diffusion: bool = False) -> Path:
+    """The shipped ``configs/<name>/tiny.yaml`` (``configs/diffusion/<name>/tiny.yaml`` for a diffusion algorithm),
+    found through the import system whatever the working directory: a config of one's own goes through
+    ``--config`` (``mmrl diffusion train ALGORITHM CONFIG``), never a ``configs/`` folder that happens to be in
+    the working directory.
+
+    ``configs/`` has no ``__init__.py``, so the package is a namespace package; its folders are read from the import
+    spec because ``importlib.resources.files`` rejects the non-folder entry an editable install puts in a namespace
+    package's path (before Python 3.13)."""
+    spec = importlib.util.find_spec(CONFIG_PACKAGE)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ConfigError(f"the {CONFIG_PACKAGE} package (mmrl's configs/ folder) is not installed; reinstall mmrl "
+                          "(pip install -e . in a checkout)")
+    folders = [Path(p, "diffusion" if diffusion else "") for p in spec.submodule_search_locations]
+    folders = [f for f in folders if f.is_dir()]
+    for folder in folders:
+        if (folder / name / "tiny.yaml").is_file():
+            return folder / name / "tiny.yaml"
+    shipped = sorted({d.name for f in folders for d in f.iterdir() if (d / "tiny.yaml").is_file()})
+    kind, where, hint = (("diffusion algorithm", "configs/diffusion/", "pass a CONFIG file") if diffusion
+                         else ("task", "configs/", "pass --config FILE"))
+    raise ConfigError(f"no default config for {kind} {name!r}: mmrl ships {where}<name>/tiny.yaml for "
+                      f"{', '.join(shipped) or 'none'}; {hint}")
 
 
 def to_dict(cfg) -> dict[str, Any]:

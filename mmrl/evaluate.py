@@ -1,4 +1,4 @@
-"""Greedy-decoding evaluation of a policy on a task's samples, scored by the task's own grader."""
+"""Greedy decoding of a policy on a task's samples (``mmrl.task.score_outputs`` grades them)."""
 from __future__ import annotations
 
 import torch
@@ -27,12 +27,3 @@ def generate_outputs(
             outputs.extend(out.texts)
     model.train(was_training)
     return outputs
-
-
-def score_outputs(task, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
-    """Mean of each number the task's ``score`` returns, plus ``n``."""
-    totals: dict[str, float] = {}
-    for sample, text in zip(samples, outputs):
-        for key, value in task.score(text, sample).items():
-            totals[key] = totals.get(key, 0.0) + value
-    return {**{k: v / max(len(samples), 1) for k, v in totals.items()}, "n": len(samples)}

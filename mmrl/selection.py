@@ -26,23 +26,29 @@ def select(cfg, k: int, output: str | Path, progress: bool = True, keep: str | P
     """Score every training item of ``cfg``'s task with ``k`` sampled completions of ``cfg.model`` and write the
     statistics to ``output`` (JSON lines); returns them. With ``keep``, also write the items whose reward std
     exceeds ``min_std`` as a dataset in the task's own format (``task.export``), usable as ``data.train``."""
-    from mmrl.config import build
+    from mmrl.plugins import TASKS
+    from mmrl.task import opened
+
+    if keep is not None and not TASKS.capability(cfg.task, "exports"):
+        raise MMRLError(f"task {cfg.task!r} cannot write a filtered dataset (no export); drop --keep")
+    with opened(cfg.task, cfg.data) as (task, data_cfg):
+        return _select(cfg, task, data_cfg, k, Path(output), progress, keep, min_std)
+
+
+def _select(cfg, task, data_cfg, k: int, output: Path, progress: bool, keep, min_std: float) -> list[dict]:
     from mmrl.data import load_context, media_cache
     from mmrl.models.load import load_policy, placeholder_ids, resolve_path
-    from mmrl.registry import get_task
-    from mmrl.rollout.groups import sample_groups, select_rewards, slices
+    from mmrl.rollout.groups import sample_groups, slices
+    from mmrl.rollout.scoring import select_rewards
     from mmrl.rollout.shared import unsupported_reason
     from mmrl.store import atomic_write_text
 
     torch.manual_seed(cfg.seed)
-    task = get_task(cfg.task)
-    if keep is not None and not hasattr(task, "export"):
-        raise MMRLError(f"task {cfg.task!r} cannot write a filtered dataset (no export); drop --keep")
-    data_cfg = build(task.config_class, cfg.data, prefix="data.")
     train_set = task.load("train", data_cfg, load_context(cfg.model))
     model, processor, _ = load_policy(replace(cfg.model, path=resolve_path(cfg.model)))
     model.eval()
-    rewards = select_rewards(task.reward_functions(data_cfg), cfg.rewards or task.default_rewards(data_cfg))
+    rewards = select_rewards(task.reward_functions(data_cfg), cfg.rewards or task.default_rewards(data_cfg),
+                             cfg.reward_args)
     media, g = media_cache(cfg.model), cfg.grpo
     per_batch = max(1, g.micro_batch_size // k)
     rows = []
@@ -50,11 +56,12 @@ def select(cfg, k: int, output: str | Path, progress: bool = True, keep: str | P
         ro = sample_groups(model, processor, train_set[sl], k, list(range(sl.start, sl.stop)), media, rewards,
                            micro_batch_size=g.micro_batch_size, suppress=placeholder_ids(processor.tokenizer),
                            device=next(model.parameters()).device, max_new_tokens=g.max_new_tokens,
-                           temperature=g.temperature, top_p=g.top_p, shared=unsupported_reason(model) is None)
+                           temperature=g.temperature, top_p=g.top_p, shared=unsupported_reason(model) is None,
+                           reward_timeout=cfg.reward_timeout)
         for i in range(sl.start, sl.stop):
             stats = item_statistics(ro.total[ro.group_ids == i].tolist())
             rows.append({"index": i, "id": train_set[i].id, **stats})
-    atomic_write_text(Path(output), "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(output, "".join(json.dumps(r) + "\n" for r in rows))
     kept = informative(rows, min_std)
     print(f"wrote {len(rows)} items to {output}; {len(kept)} have reward std > {min_std} "
           f"(mean reward {sum(r['mean'] for r in rows) / max(len(rows), 1):.3f})")

@@ -10,17 +10,28 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mmrl.errors import ConfigError
 from mmrl.types import Group
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers never see half a file)."""
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temporary file beside it and ``os.replace`` (readers never see
+    half a file); the parent folder is created if missing, and the temporary file removed if the write fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """``obj`` as indented JSON (and a final newline) into ``path``, atomically (``atomic_write_text``)."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
@@ -34,17 +45,36 @@ RUN_ARTIFACTS = ("metrics.jsonl", "sft_metrics.jsonl", "rollouts", "media", "che
 """What a run writes into its directory; a fresh run refuses to mix with these unless told to overwrite."""
 
 
-def cached_build(cache_dir: str, kind: str, params: dict, filename: str, build: Callable[[Path], None]) -> Path:
-    """``CACHE/data/<kind>-<digest>/<filename>``, where the digest hashes ``params`` (JSON, sorted keys); built
-    once by ``build(folder)`` into a temporary folder that is then published atomically."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir).expanduser() / "data" / f"{kind}-{digest}"
-    path = folder / filename
-    if not path.is_file():
-        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+def build_dir(final: Path, build: Callable[[Path], Any]) -> Path:
+    """Run ``build(tmp)`` on a fresh empty folder ``tmp`` beside ``final``, then publish it as ``final``
+    (``publish_dir``: readers see the old folder or the whole new one, never half of it); ``tmp`` is removed if
+    ``build`` fails. Returns ``final``."""
+    final = Path(final)
+    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
         build(tmp)
-        publish_dir(tmp, folder)
-    return path
+        publish_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def build_once(folder: str | Path, build: Callable[[Path], Any], markers: Sequence[str]) -> Path:
+    """``folder``, built first by ``build_dir(folder, build)`` unless every file named in ``markers`` (paths
+    relative to it) is already there: the build-once cache of generated data and tiny checkpoints."""
+    folder = Path(folder).expanduser()
+    if not all((folder / name).is_file() for name in markers):
+        build_dir(folder, build)
+    return folder
+
+
+def cached_build(cache_dir: str, kind: str, params: dict, filename: str, build: Callable[[Path], Any]) -> Path:
+    """``CACHE/data/<kind>-<digest>/<filename>``, where the digest hashes ``params`` (JSON, sorted keys); built
+    once by ``build(folder)`` (``build_once``)."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return build_once(Path(cache_dir).expanduser() / "data" / f"{kind}-{digest}", build, [filename]) / filename
 
 
 def claim_run_dir(root: str | Path, *, resume: bool, overwrite: bool, delete: bool = True) -> None:
@@ -163,7 +193,7 @@ class RunDir:
 
     def write_json(self, name: str, data: dict) -> None:
         if self.main:
-            atomic_write_text(self.root / name, json.dumps(data, indent=2) + "\n")
+            write_json_atomic(self.root / name, data)
 
     def read_json(self, name: str) -> dict | None:
         path = self.root / name

@@ -13,7 +13,6 @@ launch`` scales it out (each rank takes its share of the prompts, DDP averages t
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
 from contextlib import nullcontext
@@ -32,33 +31,21 @@ from mmrl.algorithms import sampling as sampling_lib
 from mmrl.algorithms.advantages import compute_advantages, group_stats
 from mmrl.algorithms.losses import PolicyBatch, offpolicy_guidance, positive_lengths
 from mmrl.algorithms.token_weights import TokenBatch, entropy, number_token_ids
-from mmrl.config import GRPOConfig, TrainConfig, build, to_dict
+from mmrl.config import GRPOConfig, TrainConfig, to_dict
 from mmrl.data import load_context, media_cache
 from mmrl.errors import ConfigError
-from mmrl.evaluate import generate_outputs, score_outputs
+from mmrl.evaluate import generate_outputs
 from mmrl.models.load import load_policy, placeholder_ids, resolve_path
 from mmrl.optim import make_optimizer
-from mmrl.registry import get_task
-from mmrl.rollout.groups import Rollouts, concat, sample_groups, select_rewards, to_groups
+from mmrl.plugins import TASKS
+from mmrl.reference import frozen_reference, reference_context
+from mmrl.rollout.groups import Rollouts, concat, sample_groups, to_groups
 from mmrl.rollout.hf import gather_logprobs
+from mmrl.rollout.scoring import select_rewards
 from mmrl.rollout.shared import unsupported_reason
 from mmrl.sft import cold_start
 from mmrl.store import RunDir, claim_run_dir, publish_dir
-
-
-def frozen_reference(model, cfg: TrainConfig, needs_reference: bool):
-    """A frozen copy of the starting policy when reference log-probs are needed under full fine-tuning;
-    ``None`` otherwise (no reference needed, or LoRA, whose reference is the adapter-disabled model)."""
-    if needs_reference and not cfg.model.lora.enabled:
-        return copy.deepcopy(model).requires_grad_(False).eval()
-    return None
-
-
-def reference_context(model, ref_model):
-    """Context in which ``model`` computes reference log-probs: adapters off under LoRA, else a frozen copy."""
-    if ref_model is not None:
-        return ref_model, nullcontext()
-    return model, model.disable_adapter()
+from mmrl.task import Task, opened, score_outputs
 
 
 @torch.no_grad()
@@ -99,7 +86,7 @@ def kl_penalty(policy, ref_model, ro: Rollouts, chunks, g: GRPOConfig, algo: Alg
 
 
 def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig, algo: Algorithm,
-            suppress, accelerator, shared: bool) -> Rollouts:
+            suppress, accelerator, shared: bool, reward_timeout: float | None) -> Rollouts:
     """Draw this step's prompts (this rank's share) and sample, score and filter their groups.
 
     ``rollout: reinforce_ada`` samples adaptively per prompt; ``dynamic_sampling: refill`` draws further prompts
@@ -108,7 +95,7 @@ def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig
     world, rank = accelerator.num_processes, accelerator.process_index
     sampling = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                     micro_batch_size=g.micro_batch_size, suppress=suppress, device=accelerator.device, shared=shared,
-                    answer_slot=g.ground_truth_slot)
+                    answer_slot=g.ground_truth_slot, reward_timeout=reward_timeout)
 
     drawn: list[int] = []  # this rank's dataset indices; group id k is drawn[k]
 
@@ -195,6 +182,8 @@ def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, 
                "completion_len/mean": lengths.mean().item()}
     for name, values in {**ro.components, **ro.extra}.items():
         metrics[f"reward/{name}"] = gather(values).mean().item()
+    for name, failed in ro.failures.items():
+        metrics[f"reward/{name}/failures"] = gather(failed).sum().item()
     metrics["truncated/frac"] = gather(ro.truncated).mean().item()
     metrics["trained/frac"] = gather(ro.weight).mean().item()
     metrics["rollouts/trained"] = float(len(totals))
@@ -208,8 +197,8 @@ def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, 
     return metrics
 
 
-def run_eval(task, model, processor, samples, media, cfg: TrainConfig, suppress, accelerator, desc) -> dict:
-    """Greedy evaluation on the main process (others wait); returns the task's mean scores."""
+def run_eval(task: Task, model, processor, samples, media, cfg: TrainConfig, suppress, accelerator, desc) -> dict:
+    """Greedy evaluation on the main process (others wait); returns the task's metrics (``Task.aggregate``)."""
     result = {}
     if accelerator.is_main_process:
         outputs = generate_outputs(accelerator.unwrap_model(model), processor, samples, media,
@@ -242,23 +231,31 @@ def cold_start_model(cfg: TrainConfig, task, train_set, media, run: RunDir, acce
 
 
 def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
-    """Run the whole recipe described in the module docstring; returns the summary dict."""
-    g = cfg.grpo
-    algo = build_algorithm(g)  # unknown names and hyperparameters fail here, before any work
-    if g.ground_truth_slot and (g.rollout != "fixed" or g.group_size < 2):
+    """Run the whole recipe described in the module docstring; returns the summary dict. The task is open
+    (``Task.open``) for the whole run and closed at its end, also on error."""
+    if not cfg.task:
+        raise ConfigError(f"config key 'task' is required; valid: {', '.join(TASKS.names())}")
+    algo = build_algorithm(cfg.grpo)  # unknown names and hyperparameters fail here, before any work
+    if cfg.grpo.ground_truth_slot and (cfg.grpo.rollout != "fixed" or cfg.grpo.group_size < 2):
         raise ConfigError("grpo.ground_truth_slot needs grpo.rollout=fixed and grpo.group_size >= 2")
+    with opened(cfg.task, cfg.data) as (task, data_cfg):
+        return run_recipe(cfg, task, data_cfg, algo, on_step)
+
+
+def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step: Callable[[int], None] | None):
+    """Cold start, "before" evaluation, the RL loop and the "after" evaluation of an opened task."""
+    g = cfg.grpo
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     claim_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, delete=accelerator.is_main_process)
     accelerator.wait_for_everyone()
     run = RunDir(cfg.output_dir, main=accelerator.is_main_process)
-    task = get_task(cfg.task)
-    data_cfg = build(task.config_class, cfg.data, prefix="data.")
     ctx = load_context(cfg.model)
     with accelerator.main_process_first():
         train_set, eval_set = task.load("train", data_cfg, ctx), task.load("eval", data_cfg, ctx)
         resolved = resolve_path(cfg.model)
-    rewards = select_rewards(task.reward_functions(data_cfg), cfg.rewards or task.default_rewards(data_cfg))
+    rewards = select_rewards(task.reward_functions(data_cfg), cfg.rewards or task.default_rewards(data_cfg),
+                             cfg.reward_args)
     media = media_cache(cfg.model)
     resume_from = checkpoint.latest(run.root) if cfg.resume else None
     run.write_json("config.json", to_dict(cfg))
@@ -302,7 +299,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         t0 = time.perf_counter()
         policy = accelerator.unwrap_model(model)
         policy.eval()
-        ro = collect(policy, processor, prompts, train_set, media, rewards, g, algo, suppress, accelerator, shared)
+        ro = collect(policy, processor, prompts, train_set, media, rewards, g, algo, suppress, accelerator, shared,
+                     cfg.reward_timeout)
         policy.train()
         components = dict(ro.components)
         if g.beta > 0 and g.kl_in == "reward":

@@ -20,7 +20,8 @@ hyperparameter (bind it with ``functools.partial``); a non-positive one is a con
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from rewards.parsing import is_exact_box, is_exact_point, parse_box, parse_point, score_each
@@ -117,17 +118,29 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
 
 
+def _mapped_score(
+    completions: list[Any],
+    gt_box: list[Any],
+    scale: list[Any],
+    parse: Callable[[str], Sequence[float] | None],
+    metric: Callable[[list[float], Any], float],
+) -> list[float]:
+    """The completion-level loop the point/box rewards share: ``metric(to_original(parse(text), scale[i]),
+    gt_box[i])`` per completion, 0.0 when ``parse`` finds nothing (``score_each`` turns errors into 0.0)."""
+
+    def score(text: str, i: int) -> float:
+        answer = parse(text)
+        return 0.0 if answer is None else metric(to_original(answer, scale[i]), gt_box[i])
+
+    return score_each(completions, score)
+
+
 def point_reward(
     completions: list[Any], gt_box: list[Any], scale: list[Any], alpha: float = 0.5, **_: Any
 ) -> list[float]:
     """GUI-G² point reward of the parsed point (or predicted box centre) mapped to original pixels."""
     _check_alpha(alpha)
-
-    def score(text: str, i: int) -> float:
-        point = parse_point(text)
-        return 0.0 if point is None else gaussian_point(to_original(point, scale[i]), gt_box[i], alpha)
-
-    return score_each(completions, score)
+    return _mapped_score(completions, gt_box, scale, parse_point, partial(gaussian_point, alpha=alpha))
 
 
 def coverage_reward(
@@ -135,32 +148,17 @@ def coverage_reward(
 ) -> list[float]:
     """GUI-G² coverage reward of the parsed box mapped to original pixels; 0.0 without a box."""
     _check_alpha(alpha)
-
-    def score(text: str, i: int) -> float:
-        box = parse_box(text)
-        return 0.0 if box is None else gaussian_coverage(to_original(box, scale[i]), gt_box[i], alpha)
-
-    return score_each(completions, score)
+    return _mapped_score(completions, gt_box, scale, parse_box, partial(gaussian_coverage, alpha=alpha))
 
 
 def click_reward(completions: list[Any], gt_box: list[Any], scale: list[Any], **_: Any) -> list[float]:
     """Binary baseline: 1.0 if the parsed point (or box centre), in original pixels, is inside ``gt_box``."""
-
-    def score(text: str, i: int) -> float:
-        point = parse_point(text)
-        return 0.0 if point is None else click_in_box(to_original(point, scale[i]), gt_box[i])
-
-    return score_each(completions, score)
+    return _mapped_score(completions, gt_box, scale, parse_point, click_in_box)
 
 
 def iou_reward(completions: list[Any], gt_box: list[Any], scale: list[Any], **_: Any) -> list[float]:
     """Baseline: IoU of the parsed box, in original pixels, with ``gt_box``; 0.0 without a box."""
-
-    def score(text: str, i: int) -> float:
-        box = parse_box(text)
-        return 0.0 if box is None else box_iou(to_original(box, scale[i]), gt_box[i])
-
-    return score_each(completions, score)
+    return _mapped_score(completions, gt_box, scale, parse_box, box_iou)
 
 
 _FORMAT_CHECKS = {"point": is_exact_point, "box": is_exact_box}

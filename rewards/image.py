@@ -27,14 +27,15 @@ images' device; nothing loads at import or construction.
 Preprocessing is in torch so gradients flow: resize the shortest side (bicubic, antialiased, clamped to
 ``[0, 1]`` as PIL's uint8 output is), centre-crop to the model's input size, normalise with its mean and std;
 a plain resize for square images. This matches open_clip's and ``CLIPImageProcessor``'s PIL pipelines up to
-uint8 rounding and PIL's bicubic kernel. Unknown names, unknown or invalid arguments raise ``ConfigError`` at
-construction (``make_image_reward``); a missing weights path raises ``ConfigError`` naming it at first call.
+uint8 rounding and PIL's bicubic kernel. An invalid argument raises ``RewardArgumentError`` (a ``ValueError``) at
+construction; a weights path that is missing or does not fit raises it naming the path at the first call.
+
+This package imports nothing of mmrl: ``mmrl.diffusion.image_rewards`` registers these rewards by name, checks
+their arguments and turns ``RewardArgumentError`` into mmrl's ``ConfigError``.
 """
 from __future__ import annotations
 
-import inspect
 import io
-import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,8 +45,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from mmrl.errors import ConfigError
 
 
 @runtime_checkable
@@ -66,8 +65,13 @@ def sanitize(images: torch.Tensor) -> torch.Tensor:
     return torch.where((x >= 0) & (x <= 1), x, x.clamp(0.0, 1.0))
 
 
-def _invalid(reward: str, arg: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"image reward {reward!r}: argument {arg}={value!r} is invalid; expected {expected}")
+class RewardArgumentError(ValueError):
+    """An argument of an image reward is invalid, or names weights that are missing or do not fit (raised at
+    construction, or at the first call for what loads lazily); the message names the argument."""
+
+
+def _invalid(arg: str, value: Any, expected: str) -> RewardArgumentError:
+    return RewardArgumentError(f"argument {arg}={value!r} is invalid; expected {expected}")
 
 
 def _check_prompts(reward: str, images: torch.Tensor, prompts: Sequence[str]) -> None:
@@ -92,7 +96,7 @@ class JpegReward:
 
     def __init__(self, name: str, sign: float, quality: int = 95):
         if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-            raise _invalid(name, "quality", quality, "an integer in 1..100")
+            raise _invalid("quality", quality, "an integer in 1..100")
         self.name, self.sign, self.quality = name, sign, quality
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -101,11 +105,11 @@ class JpegReward:
         return torch.tensor(sizes, dtype=torch.float32, device=images.device) * (self.sign / 1000)
 
 
-def jpeg_compressibility(quality: int = 95) -> JpegReward:
+def jpeg_compressibility(*, quality: int = 95) -> JpegReward:
     return JpegReward("jpeg_compressibility", -1.0, quality)
 
 
-def jpeg_incompressibility(quality: int = 95) -> JpegReward:
+def jpeg_incompressibility(*, quality: int = 95) -> JpegReward:
     return JpegReward("jpeg_incompressibility", 1.0, quality)
 
 
@@ -118,10 +122,10 @@ class ColorTarget:
 
     name, differentiable = "color_target", True
 
-    def __init__(self, target: Sequence[float] = (1.0, 0.0, 0.0)):
+    def __init__(self, *, target: Sequence[float] = (1.0, 0.0, 0.0)):
         if isinstance(target, (str, bytes)) or not isinstance(target, Sequence) or len(target) != 3 \
                 or not all(_unit_float(v) for v in target):
-            raise _invalid(self.name, "target", target, "a list of 3 floats in [0, 1] (R, G, B)")
+            raise _invalid("target", target, "a list of 3 floats in [0, 1] (R, G, B)")
         self.target = [float(v) for v in target]
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -139,9 +143,9 @@ class Brightness:
 
     name, differentiable = "brightness", True
 
-    def __init__(self, target: float | None = None):
+    def __init__(self, *, target: float | None = None):
         if target is not None and not (_unit_float(target)):
-            raise _invalid(self.name, "target", target, "null or a float in [0, 1]")
+            raise _invalid("target", target, "null or a float in [0, 1]")
         self.target = None if target is None else float(target)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -178,8 +182,8 @@ def _unique_index(prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
     return unique, torch.tensor([position[p] for p in prompts], dtype=torch.long)
 
 
-def _missing_path(reward: str, arg: str, path: Any) -> ConfigError:
-    return ConfigError(f"image reward {reward!r}: {arg}={str(path)!r} does not exist")
+def _missing_path(arg: str, path: Any) -> RewardArgumentError:
+    return RewardArgumentError(f"{arg}={str(path)!r} does not exist")
 
 
 class OpenClipTower:
@@ -194,7 +198,7 @@ class OpenClipTower:
                  config_file: str | None, device: str | None):
         stem = None if config_file is None else Path(config_file).stem
         if arch is not None and stem is not None and arch != stem:
-            raise _invalid(reward, "arch", arch, f"null or {stem!r} (the stem of config_file {config_file!r})")
+            raise _invalid("arch", arch, f"null or {stem!r} (the stem of config_file {config_file!r})")
         self.reward, self.pretrained, self.config_file, self.device = reward, pretrained, config_file, device
         self.arch = arch or stem or default_arch
         self.model: nn.Module | None = None
@@ -209,8 +213,8 @@ class OpenClipTower:
             try:
                 model = open_clip.create_model(self.arch, pretrained=self.pretrained, device=self.device or device)
             except RuntimeError as err:  # a tag that cannot be downloaded, or a file that does not fit arch
-                raise ConfigError(f"image reward {self.reward!r}: cannot build {self.arch} with "
-                                  f"pretrained={self.pretrained!r}: {err}") from err
+                raise RewardArgumentError(f"cannot build {self.arch} with pretrained={self.pretrained!r}: "
+                                          f"{err}") from err
             self.tokenizer = open_clip.get_tokenizer(self.arch)
             self.model = model.eval().requires_grad_(False)
         return self.model
@@ -218,12 +222,12 @@ class OpenClipTower:
     def _register_config(self, open_clip: Any) -> None:
         if self.config_file is not None:
             if not os.path.isfile(self.config_file):
-                raise _missing_path(self.reward, "config_file", self.config_file)
+                raise _missing_path("config_file", self.config_file)
             open_clip.add_model_config(self.config_file)
         if self.arch not in open_clip.list_models():
-            raise _invalid(self.reward, "arch" if self.config_file is None else "config_file",
-                           self.config_file or self.arch, "an open_clip architecture (open_clip.list_models()) or "
-                           "a JSON config with embed_dim, vision_cfg and text_cfg")
+            raise _invalid("arch" if self.config_file is None else "config_file", self.config_file or self.arch,
+                           "an open_clip architecture (open_clip.list_models()) or a JSON config with embed_dim, "
+                           "vision_cfg and text_cfg")
 
     def _check_pretrained(self, open_clip: Any) -> None:
         if self.pretrained is None:
@@ -232,8 +236,8 @@ class OpenClipTower:
         elif not os.path.isfile(self.pretrained):
             tags = open_clip.list_pretrained_tags_by_model(self.arch)
             if self.pretrained not in tags:
-                raise ConfigError(f"image reward {self.reward!r}: pretrained={self.pretrained!r} is neither an "
-                                  f"existing file nor an open_clip tag of {self.arch} (tags: {tags})")
+                raise RewardArgumentError(f"pretrained={self.pretrained!r} is neither an existing file nor an "
+                                          f"open_clip tag of {self.arch} (tags: {tags})")
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Sanitised images → the model's normalised input, as open_clip's eval transform does it."""
@@ -262,7 +266,7 @@ class ClipScore:
 
     name, differentiable = "clip_score", True
 
-    def __init__(self, arch: str | None = None, pretrained: str | None = None, config_file: str | None = None,
+    def __init__(self, *, arch: str | None = None, pretrained: str | None = None, config_file: str | None = None,
                  device: str | None = None):
         self.clip = OpenClipTower(self.name, arch, "ViT-B-32", pretrained, config_file, device)
 
@@ -293,7 +297,7 @@ class Aesthetic:
 
     name, differentiable = "aesthetic", True
 
-    def __init__(self, arch: str | None = None, pretrained: str | None = None, config_file: str | None = None,
+    def __init__(self, *, arch: str | None = None, pretrained: str | None = None, config_file: str | None = None,
                  weights: str | None = None, device: str | None = None):
         self.clip = OpenClipTower(self.name, arch, "ViT-L-14", pretrained, config_file, device)
         self.weights = weights
@@ -308,13 +312,13 @@ class Aesthetic:
             warnings.warn(f"image reward {self.name!r}: no MLP weights, the head is random and its scores are "
                           "meaningless", stacklevel=3)
         elif not os.path.isfile(self.weights):
-            raise _missing_path(self.name, "weights", self.weights)
+            raise _missing_path("weights", self.weights)
         else:
             try:
                 mlp.load_state_dict(torch.load(self.weights, map_location="cpu", weights_only=True))
             except RuntimeError as err:
-                raise ConfigError(f"image reward {self.name!r}: weights={self.weights!r} do not fit the "
-                                  f"{clip.visual.output_dim}-d embedding of {self.clip.arch}: {err}") from err
+                raise RewardArgumentError(f"weights={self.weights!r} do not fit the {clip.visual.output_dim}-d "
+                                          f"embedding of {self.clip.arch}: {err}") from err
         return mlp.to(next(clip.parameters()).device).eval().requires_grad_(False)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -328,7 +332,7 @@ class PickScore:
 
     name, differentiable = "pickscore", True
 
-    def __init__(self, path: str = "yuvalkirstain/PickScore_v1",
+    def __init__(self, *, path: str = "yuvalkirstain/PickScore_v1",
                  processor_path: str | None = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", device: str | None = None):
         self.path, self.processor_path, self.device = path, processor_path or path, device
         self.model: nn.Module | None = None
@@ -339,8 +343,8 @@ class PickScore:
         try:
             return loader.from_pretrained(path)
         except (OSError, ValueError) as err:
-            raise ConfigError(f"image reward {self.name!r}: cannot load {arg}={path!r} (not a local folder, and "
-                              f"the Hugging Face Hub did not provide it): {err}") from err
+            raise RewardArgumentError(f"cannot load {arg}={path!r} (not a local folder, and the Hugging Face Hub "
+                                      f"did not provide it): {err}") from err
 
     def _load(self, device: torch.device) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
@@ -379,61 +383,3 @@ class PickScore:
             self._load(images.device)
         cos = (self._image_embeds(images) * self._text_embeds(prompts)).sum(dim=-1)
         return (self.model.logit_scale.exp() * cos).float().to(images.device)
-
-
-IMAGE_REWARDS: dict[str, Callable[..., ImageReward]] = {
-    "jpeg_compressibility": jpeg_compressibility,
-    "jpeg_incompressibility": jpeg_incompressibility,
-    "color_target": ColorTarget,
-    "brightness": Brightness,
-    "clip_score": ClipScore,
-    "aesthetic": Aesthetic,
-    "pickscore": PickScore,
-}
-
-
-def make_image_reward(name: str, **args: Any) -> ImageReward:
-    """The reward ``name`` of ``IMAGE_REWARDS`` built with ``args``; ``ConfigError`` for an unknown name or
-    argument (listing the valid ones) and for an invalid value."""
-    factory = IMAGE_REWARDS.get(name)
-    if factory is None:
-        raise ConfigError(f"unknown image reward {name!r}; valid: {', '.join(IMAGE_REWARDS)}")
-    valid = list(inspect.signature(factory).parameters)
-    unknown = [key for key in args if key not in valid]
-    if unknown:
-        raise ConfigError(f"image reward {name!r}: unknown argument(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(valid) or '(none)'}")
-    return factory(**args)
-
-
-class WeightedImageReward:
-    """``total = Σ_i weight_i·reward_i(images, prompts)`` over ``(name, weight[, args])`` items.
-
-    ``__call__`` returns ``(total, components)``: ``components`` maps each reward's name to its ``[B]``
-    tensor (as computed: a differentiable one keeps its graph; detach it to log); a name used twice gets
-    ``_2``, ``_3``... ``differentiable`` is True only when every component is.
-    """
-
-    def __init__(self, items: Sequence[tuple]):
-        if not items:
-            raise ConfigError("WeightedImageReward needs at least one (name, weight, args) item")
-        self.rewards: dict[str, ImageReward] = {}
-        self.weights: dict[str, float] = {}
-        for item in items:
-            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-                raise ConfigError(f"weighted image reward item {item!r}: expected (name, weight, args)")
-            name, weight, args = item[0], item[1], (item[2] if len(item) == 3 else None) or {}
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise ConfigError(f"image reward {name!r}: weight {weight!r} must be a finite number")
-            key, n = name, 1
-            while key in self.rewards:
-                n += 1
-                key = f"{name}_{n}"
-            self.rewards[key], self.weights[key] = make_image_reward(name, **args), float(weight)
-        self.name = "+".join(f"{w:g}*{k}" for k, w in self.weights.items())
-        self.differentiable = all(r.differentiable for r in self.rewards.values())
-
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        components = {key: reward(images, prompts) for key, reward in self.rewards.items()}
-        total = sum(self.weights[key] * value for key, value in components.items())
-        return total, components

@@ -26,7 +26,7 @@ with ``completions``; see ``rewards.parsing.score_each``: a malformed item score
 * ``iou_reward``: tIoU of the clamped answer with ``gt_interval``; 0.0 when no interval parses;
 * ``format_reward``: 1.0 for exactly ``[<think>...</think>] <answer>interval</answer>`` (see its docstring);
 * ``soft_iou_reward``: TempSamp-R1's transform of the IoU reward, ``IoU >= τ → τ + 0.01·ln(IoU − τ + 1)``, else
-  ``τ − (e^{α(τ−IoU)} − 1)/(e^α − 1)`` (``mmrl.algorithms.advantages.tempsamp_transform``). The form and the
+  ``τ − (e^{α(τ−IoU)} − 1)/(e^α − 1)`` (``tempsamp_transform``). The form and the
   defaults τ = 0.8, α = 1 come from one public reimplementation and are NOT confirmed against the paper. An
   unparsable answer gets the transform of IoU 0 (≈ 0.087 at the defaults), not 0.
 
@@ -145,6 +145,17 @@ def format_reward(completions: list[Any], think: list[Any], **_: Any) -> list[fl
     return score_each(completions, score)
 
 
+def tempsamp_transform(r: torch.Tensor, tau: float, alpha: float) -> torch.Tensor:
+    """TempSamp-R1's non-linear asymmetric soft reward: ``r >= tau -> tau + 0.01 ln(r - tau + 1)`` (compressed
+    above the threshold), else ``tau - (exp(alpha (tau - r)) - 1) / (exp(alpha) - 1)`` (stretched below).
+
+    The form and the defaults tau = 0.8, alpha = 1 are those of one public reimplementation of TempSamp-R1; they
+    have not been checked against the paper, so both are configurable."""
+    high = tau + 0.01 * torch.log((r - tau).clamp(min=0) + 1)
+    low = tau - (torch.exp(alpha * (tau - r)) - 1) / math.expm1(alpha)
+    return torch.where(r >= tau, high, low)
+
+
 def soft_iou_reward(
     completions: list[Any], gt_interval: list[Any], duration: list[Any], tau: float = 0.8, alpha: float = 1.0,
     **_: Any,
@@ -152,9 +163,6 @@ def soft_iou_reward(
     """TempSamp-R1's soft reward: ``tempsamp_transform`` of ``iou_reward`` (formula in the module docstring; not
     confirmed against the paper). ``tau`` in [0, 1] and ``alpha`` > 0 are scalar hyperparameters (bind them
     with ``functools.partial``); invalid ones raise ``ValueError`` before any item is scored."""
-    # Imported here: mmrl.algorithms pulls in the training stack, which the parsers must not need.
-    from mmrl.algorithms.advantages import tempsamp_transform
-
     if not (isinstance(tau, (int, float)) and 0 <= tau <= 1):
         raise ValueError(f"tau must be a number in [0, 1], got {tau!r}")
     if not (isinstance(alpha, (int, float)) and 0 < alpha < math.inf):

@@ -14,15 +14,16 @@ from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from mmrl.errors import ConfigError, DataError
+from mmrl.plugins import TASKS
 from mmrl.store import cached_build
+from mmrl.task import Task
 from mmrl.types import IMAGE_MARK, LoadContext, Sample
 from mmrl.vision import smart_resize
 from rewards import gui
 from rewards.parsing import parse_point
 from tasks import synthetic_gui
+from mmrl.eval.screenspot import image_size
 from mmrl.eval.screenspot_format import GroundingRecord, load_screenspot
 
 PROMPTS = {
@@ -79,24 +80,11 @@ class GuiGroundingData:
 def synthetic_files(cfg: SyntheticConfig, split: str, cache_dir: str) -> Path:
     """Generate (once; cached by a hash of the settings) and return the synthetic ScreenSpot file of ``split``."""
     n, seed = (cfg.n_train, cfg.seed) if split == "train" else (cfg.n_eval, cfg.seed + 1)
-    params = {**asdict(cfg), "split": split, "version": 1}
+    params = {**asdict(cfg), "split": split, "version": 2}
     build = partial(synthetic_gui.generate, n=n, seed=seed, width=cfg.width, height=cfg.height,
                     n_distractors=cfg.n_distractors, kinds=tuple(cfg.kinds), min_size=cfg.min_size,
                     max_size=cfg.max_size, split_name=split)
     return cached_build(cache_dir, f"gui_synthetic-{split}", params, f"screenspot_{split}.json", build)
-
-
-def image_size(record: GroundingRecord) -> tuple[int, int]:
-    """Original ``(w, h)``: the record's ``img_size`` when given, else the image header (no decoding)."""
-    if record.img_size:
-        return int(record.img_size[0]), int(record.img_size[1])
-    try:
-        with Image.open(record.image) as img:
-            return img.size
-    except FileNotFoundError:
-        raise DataError(f"{record.source_file}: record {record.id}: image not found: {record.image}") from None
-    except OSError as e:
-        raise DataError(f"{record.source_file}: record {record.id}: cannot read image {record.image}: {e}") from None
 
 
 def format_answer(box_seen: list[float], answer_format: str) -> str:
@@ -129,11 +117,10 @@ def to_sample(record: GroundingRecord, cfg: GuiGroundingData, ctx: LoadContext) 
     )
 
 
-class GuiGrounding:
-    """Task adapter for GUI grounding on ScreenSpot-format or synthetic data."""
-
-    name = "gui_grounding"
-    config_class = GuiGroundingData
+@TASKS.register("gui_grounding", config=GuiGroundingData, renderer="gui", benchmarks=("screenspot",))
+class GuiGrounding(Task):
+    """Task adapter for GUI grounding on ScreenSpot-format or synthetic data. Its benchmark records are
+    ScreenSpot's (``mmrl.eval.screenspot_format.GroundingRecord``)."""
 
     def load(self, split: str, cfg: GuiGroundingData, ctx: LoadContext) -> list[Sample]:
         if cfg.answer_format not in PROMPTS:

@@ -33,18 +33,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mmrl.colours import rgb8
 from mmrl.errors import ConfigError
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 38, 38),
-    "orange": (245, 130, 20),
-    "yellow": (230, 195, 15),
-    "green": (34, 160, 70),
-    "blue": (37, 99, 235),
-    "purple": (140, 70, 200),
-    "pink": (236, 72, 153),
-}
-"""Named element colours; none of them is grey, so background, bar, noise and text never match them."""
+COLOURS = rgb8(("red", "orange", "yellow", "green", "blue", "purple", "pink"))
+"""Named element colours (``mmrl.colours``); none of them is grey, so background, bar, noise and text never match
+them."""
 
 SHAPES = ("circle", "triangle", "star", "square")
 WORDS = ("save", "open", "close", "search", "home", "menu", "back", "next", "login", "share", "print", "edit")

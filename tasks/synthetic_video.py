@@ -31,19 +31,11 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmrl.colours import rgb8
 from mmrl.errors import ConfigError
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (230, 40, 40),
-    "green": (40, 190, 70),
-    "blue": (60, 110, 245),
-    "yellow": (240, 215, 30),
-    "purple": (165, 80, 220),
-    "orange": (250, 145, 20),
-    "cyan": (40, 215, 225),
-    "pink": (245, 110, 185),
-}
-"""Shape colours: saturated, bright, far from each other and from the dark grey backgrounds."""
+COLOURS = rgb8(("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink"))
+"""Shape colours (``mmrl.colours``): saturated, bright, far from each other and from the dark grey backgrounds."""
 
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = ((16, 16, 16), (32, 32, 40), (48, 44, 40))

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from mmrl.errors import ConfigError, DataError
 from mmrl.eval.charades import CharadesRecord, charades_metrics, load_annotations, resolve_videos
+from mmrl.plugins import TASKS
 from mmrl.store import atomic_write_text, cached_build
+from mmrl.task import Task
 from mmrl.types import VIDEO_MARK, LoadContext, Sample
 from mmrl.vision import VideoBudget, VideoInfo, frame_indices, frame_times
 from rewards import temporal
@@ -95,7 +97,7 @@ class TemporalGroundingData:
 def synthetic_annotations(cfg: SyntheticVideoConfig, split: str, cache_dir: str) -> Path:
     """Generate (once; cached by a hash of the settings) and return the synthetic annotation file of ``split``."""
     n, seed = (cfg.n_train, cfg.seed) if split == "train" else (cfg.n_eval, cfg.seed + 1)
-    params = {**asdict(cfg), "split": split, "version": 3}
+    params = {**asdict(cfg), "split": split, "version": 4}
     build = partial(synthetic_video.generate, n_videos=n, seed=seed, width=cfg.width, height=cfg.height, fps=cfg.fps,
                     duration=tuple(cfg.duration), n_events=cfg.n_events, min_event=cfg.min_event,
                     max_event=cfg.max_event, time_step=cfg.time_step, shape_scale=cfg.shape_scale,
@@ -160,11 +162,11 @@ def load_samples(path: Path, cfg: TemporalGroundingData, budget: VideoBudget) ->
     return samples
 
 
-class TemporalGrounding:
-    """Task adapter for video temporal grounding on Charades-STA-format or synthetic data."""
-
-    name = "temporal_grounding"
-    config_class = TemporalGroundingData
+@TASKS.register("temporal_grounding", config=TemporalGroundingData, renderer="video", benchmarks=("charades",),
+                exports=True)
+class TemporalGrounding(Task):
+    """Task adapter for video temporal grounding on Charades-STA-format or synthetic data. Its benchmark records
+    are ``(CharadesRecord, VideoInfo)`` pairs: a query and its probed video."""
 
     def load(self, split: str, cfg: TemporalGroundingData, ctx: LoadContext) -> list[Sample]:
         if cfg.think not in THINK_MODES:
@@ -175,10 +177,10 @@ class TemporalGrounding:
         source = Path(path) if path else synthetic_annotations(cfg.synthetic, split, ctx.cache_dir)
         return load_samples(source, cfg, ctx.video)
 
-    def samples_from_records(self, records: list[CharadesRecord], videos: dict[int, VideoInfo],
-                             cfg: TemporalGroundingData, ctx: LoadContext) -> list[Sample]:
-        """Samples of already-loaded Charades-STA records whose videos (probed, by record id) are known."""
-        return [to_sample(r, videos[r.id], cfg, ctx.video) for r in records]
+    def samples_from_records(self, records: list[tuple[CharadesRecord, VideoInfo]], cfg: TemporalGroundingData,
+                             ctx: LoadContext) -> list[Sample]:
+        """Samples of already-loaded Charades-STA records, each with its probed video."""
+        return [to_sample(r, info, cfg, ctx.video) for r, info in records]
 
     def export(self, samples: list[Sample], path: Path) -> None:
         """Write ``samples`` as a Charades-STA annotation file (``VIDEO_ID START END##sentence``); their videos stay

@@ -20,6 +20,7 @@ def tiny_cache(tmp_path_factory):
 def tiny_run(tiny_cache, cold_model, tmp_path):
     """``key=value`` overrides for a seconds-long GUI grounding run in ``tmp_path / 'run'`` from ``cold_model``."""
     return [
+        "task=gui_grounding",
         f"output_dir={tmp_path / 'run'}",
         f"model.cache_dir={tiny_cache}",
         f"model.path={cold_model}",
@@ -44,7 +45,7 @@ def tiny_run(tiny_cache, cold_model, tmp_path):
 def cold_model(tiny_cache, tmp_path_factory):
     """A tiny model cold-started until it writes ``(x, y)`` answers, so RL rewards vary within groups."""
     out = tmp_path_factory.mktemp("cold")
-    overrides = [f"output_dir={out}", f"model.cache_dir={tiny_cache}", "model.min_pixels=12544",
+    overrides = ["task=gui_grounding", f"output_dir={out}", f"model.cache_dir={tiny_cache}", "model.min_pixels=12544",
                  "model.max_pixels=12544", "progress=false", "data.synthetic.n_train=64", "data.synthetic.n_eval=4",
                  "sft.steps=40", "sft.batch_size=8", "sft.lr=3e-3", "grpo.steps=0", "log_rollouts=false"]
     summary = train(load_config(TrainConfig, None, overrides))

@@ -212,25 +212,26 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])
 def test_shipped_config_loads_with_its_task_data_section(path):
-    from mmrl.registry import get_task
+    from mmrl.plugins import TASKS
 
     raw = read_yaml(path)
     task_name = raw.get("task", path.relative_to(REPO / "configs").parts[0])
     cfg = load_config(TrainConfig, path, [f"task={task_name}"])
     assert cfg.task == task_name
-    task = get_task(cfg.task)
-    data = build(task.config_class, cfg.data, prefix="data.")
-    assert isinstance(data, task.config_class)
+    data = TASKS.config(cfg.task, cfg.data, "data")
+    assert isinstance(data, TASKS.capability(cfg.task, "config"))
 
 
 @pytest.mark.parametrize("path", DIFFUSION, ids=[str(p.relative_to(REPO / "configs")) for p in DIFFUSION])
 def test_shipped_diffusion_config_loads_with_valid_rewards_and_prompts(path):
     from mmrl.diffusion.config import DiffusionConfig
+    from mmrl.diffusion.image_rewards import WeightedImageReward
     from mmrl.diffusion.prompts import load_prompts
-    from rewards.image import WeightedImageReward
+    from mmrl.plugins import DIFFUSION_ALGORITHMS
 
     cfg = load_config(DiffusionConfig, path)
     assert cfg.algorithm == path.parent.name
     WeightedImageReward([(r.name, r.weight, r.args) for r in cfg.rewards])  # names and arguments are checked
+    DIFFUSION_ALGORITHMS.config(cfg.algorithm, cfg.algorithm_args, "algorithm_args")
     file = str(REPO / cfg.prompts.file) if cfg.prompts.file else None
     assert load_prompts(file, cfg.prompts.list)

@@ -9,11 +9,11 @@ from typing import Callable
 import torch
 
 from mmrl.algorithms import advantages, aggregation, kl, losses, sampling, token_weights  # noqa: F401  (registers)
-from mmrl.algorithms.registry import (
-    ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, PROMPT_SAMPLERS, ROLLOUTS, TOKEN_WEIGHTS,
-)
 from mmrl.config import GRPOConfig
 from mmrl.errors import ConfigError
+from mmrl.plugins import (
+    ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, PROMPT_SAMPLERS, ROLLOUTS, TOKEN_WEIGHTS,
+)
 
 __all__ = ["ADVANTAGES", "AGGREGATIONS", "KL_ESTIMATORS", "POLICY_LOSSES", "PROMPT_SAMPLERS", "ROLLOUTS",
            "TOKEN_WEIGHTS", "Algorithm", "build_algorithm"]
@@ -58,7 +58,7 @@ def build_algorithm(g: GRPOConfig) -> Algorithm:
     if g.rollout == "reinforce_ada" and g.kl_in == "reward" and g.beta > 0:
         raise ConfigError("grpo.rollout=reinforce_ada cannot be combined with grpo.kl_in=reward: the KL would be "
                           "needed for completions that never enter the loss; use kl_in: loss")
-    whole = [n for n in g.token_weights if getattr(TOKEN_WEIGHTS.get(n), "needs_whole_groups", False)]
+    whole = [n for n in g.token_weights if TOKEN_WEIGHTS.capability(n, "needs_whole_groups")]
     if whole and g.micro_batch_size % g.group_size:
         raise ConfigError(f"grpo.token_weights.{whole[0]} compares the completions of a group, so "
                           f"grpo.micro_batch_size ({g.micro_batch_size}) must be a multiple of grpo.group_size "
@@ -72,7 +72,7 @@ def build_algorithm(g: GRPOConfig) -> Algorithm:
         token_weights=weights,
         prompt_sampler=PROMPT_SAMPLERS.bind(g.prompt_sampler, g.prompt_sampler_args, "grpo.prompt_sampler_args"),
         rollout=ROLLOUTS.bind(g.rollout, g.rollout_args, "grpo.rollout_args"),
-        needs_reference=getattr(POLICY_LOSSES.get(g.policy_loss), "needs_reference", False),
-        needs_entropy=any(getattr(TOKEN_WEIGHTS.get(n), "needs_entropy", False) for n in g.token_weights),
+        needs_reference=POLICY_LOSSES.capability(g.policy_loss, "needs_reference"),
+        needs_entropy=any(TOKEN_WEIGHTS.capability(n, "needs_entropy") for n in g.token_weights),
         needs_distributions=bool(whole),
     )

@@ -17,8 +17,9 @@ import math
 
 import torch
 
-from mmrl.algorithms.registry import ADVANTAGES
 from mmrl.errors import ConfigError
+from mmrl.plugins import ADVANTAGES
+from rewards.temporal import tempsamp_transform
 
 COMBINE_MODES = ("sum", "per_component")
 
@@ -185,17 +186,6 @@ def ngrpo(rewards: torch.Tensor, group_ids: torch.Tensor, state: dict, *, r_max:
     sq = std**2 * (count - 1) + count * (mean - mean_v) ** 2 + (r_max - mean_v) ** 2
     std_v = (sq / count).sqrt()  # unbiased over count + 1 samples
     return (rewards - mean_v) / (std_v + eps)
-
-
-def tempsamp_transform(r: torch.Tensor, tau: float, alpha: float) -> torch.Tensor:
-    """TempSamp-R1's non-linear asymmetric soft reward: ``r >= tau -> tau + 0.01 ln(r - tau + 1)`` (compressed
-    above the threshold), else ``tau - (exp(alpha (tau - r)) - 1) / (exp(alpha) - 1)`` (stretched below).
-
-    Form and defaults (tau = 0.8, alpha = 1) follow one public reimplementation; they are not confirmed
-    against the paper (see DESIGN.md), hence configurable."""
-    high = tau + 0.01 * torch.log((r - tau).clamp(min=0) + 1)
-    low = tau - (torch.exp(alpha * (tau - r)) - 1) / math.expm1(alpha)
-    return torch.where(r >= tau, high, low)
 
 
 @ADVANTAGES.register("tempsamp")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.algorithms.registry import AGGREGATIONS
+from mmrl.plugins import AGGREGATIONS
 
 
 @AGGREGATIONS.register("token_mean")

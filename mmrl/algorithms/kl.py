@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.algorithms.registry import KL_ESTIMATORS
+from mmrl.plugins import KL_ESTIMATORS
 
 
 @KL_ESTIMATORS.register("k1")

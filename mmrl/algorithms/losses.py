@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from mmrl.algorithms.registry import POLICY_LOSSES
+from mmrl.plugins import POLICY_LOSSES
 
 
 @dataclass
@@ -183,7 +183,7 @@ def bapo(b: PolicyBatch, *, target: float = 0.5, low_min: float = 0.6, low_max: 
     return LossTerms(loss, clipped)
 
 
-@POLICY_LOSSES.register("apo")
+@POLICY_LOSSES.register("apo", needs_reference=True)
 def apo(b: PolicyBatch, *, eps: float = 0.2, kl_coef: float = 1e-3, dads_scale: float = math.e,
         stcr_base: float = 1.00001) -> LossTerms:
     """APO (Hong et al. 2025, "Asymmetric Policy Optimization", arXiv 2506.21655; as in the official View-R1
@@ -212,7 +212,6 @@ def apo(b: PolicyBatch, *, eps: float = 0.2, kl_coef: float = 1e-3, dads_scale: 
     return LossTerms(loss + kl_coef * f * (torch.exp(d) - d - 1), clipped)
 
 
-apo.needs_reference = True
 
 
 @POLICY_LOSSES.register("nsr")

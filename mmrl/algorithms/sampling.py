@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from mmrl.algorithms.registry import PROMPT_SAMPLERS, ROLLOUTS
 from mmrl.data import indices_at
 from mmrl.errors import DataError
+from mmrl.plugins import PROMPT_SAMPLERS, ROLLOUTS
 from mmrl.rollout.groups import concat
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmrl.algorithms.registry import TOKEN_WEIGHTS
+from mmrl.plugins import TOKEN_WEIGHTS
 
 
 def number_token_ids(tokenizer) -> torch.Tensor:
@@ -53,7 +53,7 @@ def precision(t: TokenBatch, *, weight: float = 2.0) -> torch.Tensor:
     return torch.where(t.number_mask.bool(), weight, 1.0) * t.mask
 
 
-@TOKEN_WEIGHTS.register("entropy_top")
+@TOKEN_WEIGHTS.register("entropy_top", needs_entropy=True)
 def entropy_top(t: TokenBatch, *, fraction: float = 0.2) -> torch.Tensor:
     """High-entropy minority tokens (Wang et al. 2025, "Beyond the 80/20 Rule"): ``w_t = 1[H_t >= q]`` with
     ``q`` the ``1 - fraction`` quantile (linear interpolation) of the entropies of all completion tokens in the
@@ -66,10 +66,9 @@ def entropy_top(t: TokenBatch, *, fraction: float = 0.2) -> torch.Tensor:
     return ((t.entropy >= threshold) & t.mask.bool()).to(t.entropy.dtype)
 
 
-entropy_top.needs_entropy = True
 
 
-@TOKEN_WEIGHTS.register("tw_grpo")
+@TOKEN_WEIGHTS.register("tw_grpo", needs_whole_groups=True)
 def tw_grpo(t: TokenBatch, *, alpha: float = 1.7) -> torch.Tensor:
     """TW-GRPO token weights (Dang et al. 2025, "Reinforcing Video Reasoning with Focused Thinking",
     arXiv 2505.24718; as in the authors' code): positions where the G completions of a prompt disagree most
@@ -99,4 +98,3 @@ def tw_grpo(t: TokenBatch, *, alpha: float = 1.7) -> torch.Tensor:
     return weights * t.mask
 
 
-tw_grpo.needs_whole_groups = True

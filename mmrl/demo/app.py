@@ -16,7 +16,8 @@ from pathlib import Path
 import gradio as gr
 
 from mmrl.demo import tables
-from mmrl.demo.render import LEGENDS, RenderError, renderer_for
+from mmrl.demo.render import RenderError, renderer_for
+from mmrl.plugins import RENDERERS
 from mmrl.demo.runs import RunView, Sample, StepRollouts
 
 NO_STEP = "none"
@@ -68,13 +69,13 @@ class Viewer:
         notes = list(rollouts.problems)
         renderer = renderer_for(self.view.kind(), group)
         try:
-            picture = renderer(self.view, group, sample, self.settings)
+            picture = RENDERERS.get(renderer)(self.view, group, sample, self.settings)
         except RenderError as exc:
             picture, notes = None, notes + [f"cannot draw this sample: {exc}"]
         answer = group.get("answer")
         prompt = str(group.get("prompt", "")) + (f"\n\n[ground truth] {answer}" if answer else "")
         completion = sample.completion if sample.completion is not None else f"(image #{sample.index})"
-        legend = LEGENDS.get(renderer, "") if picture is not None else ""
+        legend = RENDERERS.capability(renderer, "legend") if picture is not None else ""
         return picture, prompt, completion, tables.reward_frame(sample), "\n\n".join(
             part for part in (_problems(notes), legend) if part)
 

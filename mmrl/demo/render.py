@@ -1,22 +1,23 @@
 """Task-aware pictures of one sample: what the model saw, with its answer and the ground truth drawn on it.
 
-A renderer is ``fn(view, group, sample, settings) -> PIL.Image | None``, registered by task name in ``RENDERERS``:
+A renderer is ``fn(view, group, sample, settings) -> PIL.Image | None``, registered by name in
+``mmrl.plugins.RENDERERS`` with its legend; a task names the renderer of its rollouts when it registers
+(``renderer`` capability), and a plugin can add both. The shipped ones:
 
-- ``gui_grounding``: the screenshot with the GUI-G² Gaussian reward field of the target element as a translucent
+- ``gui``: the screenshot with the GUI-G² Gaussian reward field of the target element as a translucent
   overlay (``exp(-0.5·((x-cx)²/σx² + (y-cy)²/σy²))``, ``σ = α·side``; Tang et al. 2025), the target box in green and
   the predicted point (or box) in red, mapped back to original pixels with the sample's ``scale``;
-- ``temporal_grounding``: a strip of frames with their timestamps over a timeline bar of the whole video, ground
+- ``video``: a strip of frames with their timestamps over a timeline bar of the whole video, ground
   truth in green and the predicted segment in red;
 - ``diffusion``: the prompt group's images in a grid, each with its total reward, best framed green, worst red and
   the selected sample blue;
-- anything else: the record's first image, if any (the text panels carry the rest).
+- ``plain``: the record's first image, if any (the text panels carry the rest).
 
 Renderers read files only through ``RunView.file`` (inside the run directory) and raise ``RenderError`` with a
 message for the UI when a file is refused, missing or unreadable; model output is parsed, never trusted.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from mmrl.demo.runs import RefusedPath, RunView, Sample
 from mmrl.errors import DataError
+from mmrl.plugins import RENDERERS, TASKS
 from mmrl.vision import load_image
 from rewards.gui import box_geometry, gaussian_variances, to_original
 from rewards.parsing import parse_box, parse_point
@@ -41,8 +43,6 @@ THUMB_HEIGHT = 96
 class RenderError(RuntimeError):
     """A sample cannot be drawn (its file is refused, missing or corrupt); the message is shown instead."""
 
-
-Renderer = Callable[[RunView, dict, Sample, dict], "Image.Image | None"]
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -92,6 +92,8 @@ def predicted_geometry(completion: str | None, answer_format: str,
     return ("point", to_original(point, scale)) if point is not None else None
 
 
+@RENDERERS.register("gui",
+                    legend="green: target box · red: predicted point/box · orange: GUI-G² Gaussian reward field of the target")
 def render_gui(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image:
     names = view.media(group, "images")
     if not names:
@@ -136,6 +138,8 @@ def read_frames(path: Path, count: int) -> tuple[list[Image.Image], list[float],
     return [Image.fromarray(f) for f in frames], [i / info.fps for i in indices], info.duration
 
 
+@RENDERERS.register("video",
+                    legend="green: ground-truth segment · red: predicted segment (the model's answer, as parsed)")
 def render_video(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image:
     names = view.media(group, "videos")
     if not names:
@@ -177,6 +181,8 @@ def render_video(view: RunView, group: dict, sample: Sample, settings: dict) -> 
     return canvas
 
 
+@RENDERERS.register("diffusion",
+                    legend="the prompt group: green frame best reward, red worst, blue the selected image")
 def render_diffusion(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image:
     names = group.get("images") or []
     totals = group.get("total") or []
@@ -215,34 +221,22 @@ def _item_text(values: list, i: int) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
+@RENDERERS.register("plain")
 def render_plain(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image | None:
     names = view.media(group, "images")
     return enlarge(open_image(view, names[0]))[0] if names else None
 
 
-LEGENDS = {
-    render_gui: "green: target box · red: predicted point/box · orange: GUI-G² Gaussian reward field of the target",
-    render_video: "green: ground-truth segment · red: predicted segment (the model's answer, as parsed)",
-    render_diffusion: "the prompt group: green frame best reward, red worst, blue the selected image",
-}
-"""One line under each picture saying what its marks mean."""
-
-RENDERERS: dict[str, Renderer] = {
-    "gui_grounding": render_gui,
-    "temporal_grounding": render_video,
-    "diffusion": render_diffusion,
-}
-
-
-def renderer_for(kind: str, group: dict) -> Renderer:
-    """The renderer of the run's task; a run of unknown kind is recognised by its record's fields."""
-    if kind in RENDERERS:
-        return RENDERERS[kind]
+def renderer_for(kind: str, group: dict) -> str:
+    """The renderer name for a run of ``kind`` (a task name, or ``diffusion``): the task's declared renderer; a
+    run whose task is not installed here is recognised by its record's fields."""
+    if kind in TASKS:
+        return TASKS.capability(kind, "renderer")
     fields = group.get("fields") or {}
-    if group.get("kind") == "diffusion":
-        return render_diffusion
+    if kind == "diffusion" or group.get("kind") == "diffusion":
+        return "diffusion"
     if "gt_box" in fields:
-        return render_gui
+        return "gui"
     if "gt_interval" in fields:
-        return render_video
-    return render_plain
+        return "video"
+    return "plain"

@@ -153,7 +153,7 @@ class RunView:
         return data if isinstance(data, dict) else {}
 
     def kind(self) -> str:
-        """What the run trained: a VLM task name (``gui_grounding``, ...), ``diffusion`` or ``unknown``."""
+        """What the run trained: a VLM task name, ``diffusion`` or ``unknown``."""
         config = self.config()
         if "task" in config:
             return str(config["task"])

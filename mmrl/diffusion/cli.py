@@ -8,20 +8,6 @@ from pathlib import Path
 from mmrl.errors import ConfigError
 
 
-def default_config(algorithm: str) -> Path:
-    """``configs/diffusion/<algorithm>/tiny.yaml`` from the working directory or the source checkout."""
-    from mmrl.cli import CONFIG_ROOTS
-
-    for root in CONFIG_ROOTS:
-        path = root / "diffusion" / algorithm / "tiny.yaml"
-        if path.is_file():
-            return path
-    from mmrl.diffusion.algorithms import ALGORITHMS
-
-    raise ConfigError(f"no default config for diffusion algorithm {algorithm!r} (valid: {', '.join(ALGORITHMS)}); "
-                      "pass a CONFIG file")
-
-
 def split_config(args: list[str]) -> tuple[str | None, list[str]]:
     """``[CONFIG] key=value ...``: a first argument without ``=`` is the config file."""
     if args and "=" not in args[0]:
@@ -30,12 +16,12 @@ def split_config(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args) -> None:
-    from mmrl.config import load_config
+    from mmrl.config import default_config, load_config
     from mmrl.diffusion.config import DiffusionConfig
     from mmrl.diffusion.trainer import train
 
     config, overrides = split_config(args.rest)
-    path = Path(config) if config else default_config(args.algorithm)
+    path = Path(config) if config else default_config(args.algorithm, diffusion=True)
     cfg = load_config(DiffusionConfig, path, [*overrides, f"algorithm={args.algorithm}"])
     summary = train(cfg)
     reward = summary["reward"]
@@ -45,10 +31,11 @@ def cmd_train(args) -> None:
 
 def cmd_sample(args) -> None:
     from mmrl.config import build
+    from mmrl.diffusion.artifacts import apply_trained
     from mmrl.diffusion.config import DiffusionLoraConfig, DiffusionModelConfig
     from mmrl.diffusion.pipeline import load_policy
     from mmrl.diffusion.prompts import read_prompt_file
-    from mmrl.diffusion.sample import apply_trained, write_samples
+    from mmrl.diffusion.sample import write_samples
 
     if args.run:
         config_file = Path(args.run) / "config.json"
@@ -74,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="diffusion_command", required=True)
     p = sub.add_parser("train", help="RL fine-tuning of a diffusion pipeline (default config: "
                                      "configs/diffusion/ALGORITHM/tiny.yaml)")
-    p.add_argument("algorithm", help="alignprop, ddpo, flow_grpo or awm")
+    p.add_argument("algorithm", help="a diffusion algorithm (mmrl list 'diffusion algorithm'), e.g. ddpo")
     p.add_argument("rest", nargs="*", metavar="[CONFIG] key=value",
                    help="optional YAML config, then overrides such as optim.lr=1e-4 model.lora.enabled=false")
     p.set_defaults(func=cmd_train)

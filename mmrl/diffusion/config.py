@@ -1,7 +1,8 @@
 """Typed configuration of ``mmrl diffusion train ALGORITHM``: one dataclass tree, YAML files as overrides.
 
-Each algorithm reads the shared sections (model, prompts, rewards, sampling, optim) and its own section
-(``alignprop``, ``ddpo``, ``flow_grpo``, ``awm``); see ``mmrl.diffusion.algorithms`` for the registry.
+Each algorithm reads the shared sections (model, prompts, rewards, sampling, optim, and ``ppo`` for DDPO and
+Flow-GRPO) and its own settings, ``algorithm_args``, which are checked against the config dataclass the algorithm
+registered in ``mmrl.plugins.DIFFUSION_ALGORITHMS`` (``mmrl.diffusion.algorithms``; ``mmrl list`` shows the keys).
 """
 from __future__ import annotations
 
@@ -60,11 +61,13 @@ class PromptsConfig:
 @dataclass
 class RewardSpec:
     name: str = "jpeg_compressibility"
-    """A name from ``rewards.image.IMAGE_REWARDS``."""
+    """A name of ``mmrl.plugins.IMAGE_REWARDS`` (``mmrl.diffusion.image_rewards``: the rewards of
+    ``rewards.image``, and plugins')."""
     weight: float = 1.0
     """Weight of this reward in the total."""
     args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of the reward (e.g. ``pretrained``, ``target``)."""
+    """Keyword arguments of the reward (e.g. ``pretrained``, ``target``), checked against its keyword-only
+    parameters."""
 
 
 @dataclass
@@ -100,14 +103,6 @@ class OptimConfig:
 
 
 @dataclass
-class AlignPropConfig:
-    grad_steps: int = 1
-    """K: gradients flow only through the last K denoising steps (AlignProp's truncated backprop)."""
-    random_grad_steps: bool = False
-    """Draw K per rollout uniformly from 1..grad_steps instead of using it fixed."""
-
-
-@dataclass
 class PPOConfig:
     mu: int = 1
     """Inner optimisation epochs over each step's rollouts."""
@@ -120,37 +115,9 @@ class PPOConfig:
 
 
 @dataclass
-class DDPOConfig:
-    stat_buffer: int = 32
-    """Per-prompt reward statistics keep this many most recent rewards per prompt."""
-    stat_min_count: int = 16
-    """Below this many rewards for a prompt, the batch's statistics are used instead."""
-
-
-@dataclass
-class FlowGRPOConfig:
-    beta: float = 0.0
-    """KL coefficient to the reference model: β·mean((μθ − μref)²)/(2·std²) per step."""
-    global_std: bool = False
-    """Normalise advantages by the std of the whole batch instead of the group's."""
-
-
-@dataclass
-class AWMConfig:
-    timesteps_per_sample: int = 4
-    """Noise levels per final image, stratified over (0, 1): one uniform draw in each of this many bins."""
-    reg_weight: float = 0.01
-    """Weight of the velocity regulariser mean((vθ − v_base)²) to the base model."""
-    global_std: bool = False
-    """Normalise advantages by the std of the whole batch instead of the group's."""
-    adv_clip_max: float = 5.0
-    """Advantages are clipped to ±this."""
-
-
-@dataclass
 class DiffusionConfig:
     algorithm: str = "ddpo"
-    """alignprop, ddpo, flow_grpo or awm."""
+    """A name of ``mmrl.plugins.DIFFUSION_ALGORITHMS``: alignprop, ddpo, flow_grpo, awm, or a plugin's."""
     output_dir: str = "runs/diffusion"
     """Run directory: metrics.jsonl, rollouts/, checkpoints/, tb/, summary.json."""
     seed: int = 0
@@ -179,13 +146,9 @@ class DiffusionConfig:
     """Rollout and evaluation sampling."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Steps, batch and optimiser."""
-    alignprop: AlignPropConfig = field(default_factory=AlignPropConfig)
-    """AlignProp settings."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """Clipped policy-gradient updates shared by DDPO and Flow-GRPO."""
-    ddpo: DDPOConfig = field(default_factory=DDPOConfig)
-    """DDPO settings."""
-    flow_grpo: FlowGRPOConfig = field(default_factory=FlowGRPOConfig)
-    """Flow-GRPO settings."""
-    awm: AWMConfig = field(default_factory=AWMConfig)
-    """AWM settings."""
+    algorithm_args: dict[str, Any] = field(default_factory=dict)
+    """Settings of ``algorithm``, the fields of its registered config dataclass (unset ones keep their defaults):
+    ``alignprop``: grad_steps, random_grad_steps; ``ddpo``: stat_buffer, stat_min_count; ``flow_grpo``: beta,
+    global_std; ``awm``: timesteps_per_sample, reg_weight, global_std, adv_clip_max."""

@@ -9,7 +9,7 @@ on the same batches and its reward does not rise; after this pre-training it doe
 
 The data are synthetic and made here: a disc of the prompt's colour on a flat random background
 (``disc_images``), prompts ``"a {colour} {object}"`` (``PRETRAIN_PROMPTS``, which include the tiny configs'
-prompts), so the text conditioning means something. Steps:
+prompts; the colours are those of ``mmrl.colours``), so the text conditioning means something. Steps:
 
 1. encode a fixed seeded set of images with the (random, frozen) VAE and set the VAE's ``scaling_factor`` (and,
    for SD3-style VAEs, ``shift_factor``) so that the latents have mean 0 (SD3) and std 1, which is how SD chose
@@ -23,14 +23,12 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from mmrl.colours import COLOURS
 from mmrl.diffusion.losses import denoising_loss
 
-COLOURS = {
-    "red": (0.90, 0.10, 0.10), "blue": (0.10, 0.20, 0.90), "green": (0.10, 0.75, 0.20),
-    "yellow": (0.95, 0.90, 0.10), "white": (0.95, 0.95, 0.95), "black": (0.05, 0.05, 0.05),
-}
+PRETRAIN_COLOURS = ("red", "blue", "green", "yellow", "white", "black")
 OBJECTS = ("apple", "car", "tree", "duck")
-PRETRAIN_PROMPTS = [f"a {colour} {thing}" for colour in COLOURS for thing in OBJECTS]
+PRETRAIN_PROMPTS = [f"a {colour} {thing}" for colour in PRETRAIN_COLOURS for thing in OBJECTS]
 DATASET_SIZE = 1024
 """Images in the fixed pre-training set (encoded once)."""
 
@@ -50,12 +48,12 @@ def disc_images(colours: torch.Tensor, resolution: int, generator: torch.Generat
 
 
 def prompt_colours(prompts: list[str]) -> torch.Tensor:
-    """RGB of the colour word in each of ``prompts`` (each must contain one of ``COLOURS``)."""
+    """RGB in [0, 1] of the colour word in each of ``prompts`` (each must contain one of ``PRETRAIN_COLOURS``)."""
     rgb = []
     for prompt in prompts:
-        words = [w for w in prompt.split() if w in COLOURS]
+        words = [w for w in prompt.split() if w in PRETRAIN_COLOURS]
         if not words:
-            raise ValueError(f"prompt {prompt!r} names none of the colours {', '.join(COLOURS)}")
+            raise ValueError(f"prompt {prompt!r} names none of the colours {', '.join(PRETRAIN_COLOURS)}")
         rgb.append(COLOURS[words[0]])
     return torch.tensor(rgb)
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmrl.checkpoint import load_trainable_state
-from mmrl.diffusion.pipeline import DiffusionPolicy
+from mmrl.diffusion.artifacts import to_png
+from mmrl.diffusion.policy import DiffusionPolicy
 from mmrl.diffusion.samplers import rollout
-from mmrl.errors import DataError
 
 
 @torch.no_grad()
@@ -25,25 +24,6 @@ def sample_images(policy: DiffusionPolicy, prompts: list[str], steps: int, resol
     denoise = policy.denoiser_fn(policy.encode(prompts), guidance_scale)
     noise = policy.noise(len(prompts), resolution, generator)
     return policy.decode(rollout(denoise, policy.sampler(steps, 0.0), noise).final)
-
-
-def apply_trained(policy: DiffusionPolicy, run_dir: str | Path) -> None:
-    """Load a run's ``final/trainable.safetensors`` into ``policy``'s denoiser (built with the run's config)."""
-    from safetensors.torch import load_file
-
-    from mmrl.diffusion.trainer import FINAL_WEIGHTS
-
-    path = Path(run_dir) / "final" / FINAL_WEIGHTS
-    if not path.is_file():
-        raise DataError(f"{path} not found: is {run_dir} a finished diffusion run?")
-    load_trainable_state(policy.denoiser, load_file(str(path)))
-
-
-def to_png(image: torch.Tensor, path: Path) -> None:
-    """Save one ``[3, H, W]`` image in [0, 1] as an 8-bit PNG."""
-    from PIL import Image
-
-    Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()).save(path)
 
 
 def write_samples(policy: DiffusionPolicy, records: list[dict], out: str | Path, per_prompt: int, steps: int,

@@ -64,6 +64,8 @@ from pathlib import Path
 
 import torch
 
+from mmrl.diffusion.policy import DiffusionPolicy
+from mmrl.diffusion.pretrain import pretrain_tiny
 from mmrl.errors import ConfigError
 from mmrl.models.tiny_clip import write_clip_tokenizer
 from mmrl.store import publish_dir
@@ -194,10 +196,7 @@ def _sd3_pipeline(folder: Path, resolution: int):
 
 
 def _pretrain(pipe, kind: str, resolution: int, steps: int, seed: int, progress: bool) -> None:
-    from mmrl.diffusion.pipeline import DiffusionPolicy
-    from mmrl.diffusion.pretrain import pretrain_tiny
-
-    policy = DiffusionPolicy(pipe, kind, torch.device("cpu"), lora=False)
+    policy = DiffusionPolicy(pipe, kind, torch.device("cpu"))
     pretrain_tiny(policy, resolution, steps, torch.Generator().manual_seed(seed), progress=progress)
 
 

@@ -1,7 +1,8 @@
 """The diffusion RL loop, readable top to bottom.
 
-``train(cfg)``: load the prompts, the rewards and the pipeline; build the algorithm named by ``cfg.algorithm``
-(``mmrl.diffusion.algorithms``); then for each step: draw prompts, let the algorithm sample, score and update
+``train(cfg)``: load the prompts and the rewards; build the algorithm named by ``cfg.algorithm`` with its
+``algorithm_args`` (``mmrl.diffusion.algorithms``); load the pipeline (and a frozen reference denoiser when the
+algorithm needs one under full fine-tuning, ``mmrl.reference``); then for each step: draw prompts, let the algorithm sample, score and update
 (``algorithm.step``), log metrics and rollouts, checkpoint; finally save the trained weights and write
 ``summary.json``. Every step reseeds its own generator from ``(seed, step)``, so a resumed run draws the same
 prompts and noise as an uninterrupted one. One process on one device.
@@ -10,29 +11,25 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from mmrl import checkpoint
 from mmrl.config import to_dict
 from mmrl.diffusion.algorithms import build_algorithm
 from mmrl.diffusion.algorithms.base import Context, StepResult
+from mmrl.diffusion.artifacts import save_final, to_png
 from mmrl.diffusion.config import DiffusionConfig
+from mmrl.diffusion.image_rewards import WeightedImageReward
 from mmrl.diffusion.pipeline import load_policy
 from mmrl.diffusion.prompts import draw_prompts, load_prompts
-from mmrl.diffusion.sample import to_png
 from mmrl.optim import make_optimizer
-from mmrl.store import RunDir, atomic_write_text, claim_run_dir, publish_dir
-from rewards.image import WeightedImageReward
-
-FINAL_WEIGHTS = "trainable.safetensors"
-"""File under ``OUTPUT_DIR/final`` holding the trained denoiser weights (LoRA adapters or all weights)."""
+from mmrl.reference import frozen_reference
+from mmrl.store import RunDir, atomic_write_text, claim_run_dir
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -64,20 +61,6 @@ def write_rollouts(run: RunDir, step: int, result: StepResult, max_images: int) 
     atomic_write_text(run.root / "rollouts" / f"step_{step:06d}.jsonl", "\n".join(lines) + "\n")
 
 
-def save_final(run: RunDir, denoiser: torch.nn.Module) -> Path:
-    """``final/trainable.safetensors``: the trained weights, written atomically (``apply_trained`` loads them)."""
-    tmp, out = run.root / ".final.tmp", run.root / "final"
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in checkpoint.trainable_state(denoiser).items()}, tmp / FINAL_WEIGHTS)
-    publish_dir(tmp, out)
-    return out
-
-
-def algorithm_state(algorithm) -> dict:
-    """The algorithm's resumable state (``state_dict``, e.g. DDPO's per-prompt statistics), if it has any."""
-    return algorithm.state_dict() if hasattr(algorithm, "state_dict") else {}
-
-
 def reward_summary(run: RunDir, window: int = 5) -> dict[str, float]:
     """Mean ``reward/mean`` of the first and last ``window`` steps of ``metrics.jsonl``."""
     rows = [json.loads(line) for line in (run.root / "metrics.jsonl").read_text().splitlines() if line]
@@ -91,14 +74,13 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None) ->
     # 1. Everything that can be wrong in the config fails here, before any model is loaded.
     prompts = load_prompts(cfg.prompts.file, cfg.prompts.list)
     reward = WeightedImageReward([(r.name, r.weight, r.args) for r in cfg.rewards])
+    algorithm = build_algorithm(cfg, reward.differentiable)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     claim_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)
     run = RunDir(cfg.output_dir)
     policy = load_policy(cfg.model, accelerator.device)
-    algorithm = build_algorithm(cfg, reward.differentiable)
-    if algorithm.needs_reference:
-        policy.keep_reference()
+    policy.reference = frozen_reference(policy.denoiser, cfg, algorithm.needs_reference)
     optimizer, scheduler = make_optimizer(policy.denoiser, cfg.optim.lr, cfg.optim.weight_decay, 0,
                                           cfg.optim.steps, "constant")
     ctx = Context(cfg, policy, reward, optimizer, accelerator)
@@ -109,8 +91,7 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None) ->
     if resume_from is not None:
         state = checkpoint.load(resume_from, policy.denoiser, optimizer, scheduler, accelerator)
         start = state["step"]
-        if hasattr(algorithm, "load_state_dict"):
-            algorithm.load_state_dict(state["algorithm"])
+        algorithm.load_state_dict(state["algorithm"])
         run.truncate_metrics(start)
     run.write_json("config.json", to_dict(cfg))
 
@@ -128,7 +109,7 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None) ->
             write_rollouts(run, step + 1, result, cfg.log_images_per_step)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.optim.steps:
             checkpoint.save(run.root, step + 1, policy.denoiser, optimizer, scheduler,
-                            {"step": step + 1, "algorithm": algorithm_state(algorithm)}, accelerator,
+                            {"step": step + 1, "algorithm": algorithm.state_dict()}, accelerator,
                             keep=cfg.keep_checkpoints)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}")
         if on_step is not None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from mmrl.errors import DataError
 from mmrl.eval import predictions
-from mmrl.eval.screenspot import write_json_atomic
+from mmrl.store import write_json_atomic
 from mmrl.vision import VideoInfo, probe_video
 from rewards.temporal import answer_iou, parse_interval
 
@@ -152,7 +152,7 @@ def charades_metrics(ious: list[float]) -> dict[str, Any]:
     return metrics
 
 
-def score_outputs(
+def score_predictions(
     records: list[CharadesRecord], outputs: dict[int, str], durations: dict[int, float]
 ) -> dict[str, Any]:
     """``charades_metrics`` of the raw ``outputs`` (record id -> model text) plus the ``unparsable`` and
@@ -225,13 +225,16 @@ def run(args: argparse.Namespace) -> int:
     records, skipped_lines = load_annotations(args.annotations, skip_bad=args.skip_bad_samples)
     kept, videos = resolve_videos(records, args.videos, skip_bad=args.skip_bad_samples)
     if args.model is not None:
-        from mmrl.eval.generate import generate_charades
+        from mmrl.config import ModelConfig
+        from mmrl.eval.generate import benchmark_outputs
 
-        outputs = generate_charades(args.model, kept, videos, video=video_budget(args.video), think=args.think,
-                                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        texts = benchmark_outputs("charades", [(r, videos[r.id]) for r in kept],
+                                  ModelConfig(path=args.model, video=video_budget(args.video)), {"think": args.think},
+                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        outputs = {r.id: text for r, text in zip(kept, texts)}
     else:
         outputs = read_predictions(args.predictions)
-    result = score_outputs(kept, outputs, {i: info.duration for i, info in videos.items()})
+    result = score_predictions(kept, outputs, {i: info.duration for i, info in videos.items()})
     result.update(skipped_lines=skipped_lines, skipped_queries=len(records) - len(kept))
     print(format_table(result))
     if args.output is not None:

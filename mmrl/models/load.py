@@ -1,15 +1,16 @@
 """Load a VLM policy (``AutoModelForImageTextToText`` + ``AutoProcessor``), with LoRA or full fine-tuning."""
 from __future__ import annotations
 
-import os
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from mmrl.config import ModelConfig
 from mmrl.errors import ConfigError
+from mmrl.models.families import unwrap
 from mmrl.models.tiny import VISION_PLACEHOLDERS, make_tiny
-from mmrl.store import publish_dir
+from mmrl.store import build_once
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -20,11 +21,8 @@ def resolve_path(cfg: ModelConfig) -> str:
         return cfg.path
     theta = "" if cfg.tiny_rope_theta is None else f"-theta{cfg.tiny_rope_theta:g}"
     folder = Path(cfg.cache_dir).expanduser() / "models" / f"tiny-{cfg.tiny_family}-{cfg.tiny_size}{theta}"
-    if not (folder / "config.json").is_file() or not (folder / "processor_config.json").is_file():
-        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-        make_tiny(tmp, family=cfg.tiny_family, size=cfg.tiny_size, rope_theta=cfg.tiny_rope_theta)
-        publish_dir(tmp, folder)
-    return str(folder)
+    build = partial(make_tiny, family=cfg.tiny_family, size=cfg.tiny_size, rope_theta=cfg.tiny_rope_theta)
+    return str(build_once(folder, build, ("config.json", "processor_config.json")))
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -38,8 +36,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 def vision_tower(model) -> torch.nn.Module | None:
     """The vision encoder (with its merger) of a transformers VLM (or a peft wrapper of one), whatever the
     attribute is called."""
-    if hasattr(model, "get_base_model"):  # peft PeftModel: look inside, not at the wrapper's own attributes
-        model = model.get_base_model()
+    model = unwrap(model)  # peft PeftModel: look inside, not at the wrapper's own attributes
     for holder in (model, getattr(model, "model", None)):
         for name in ("visual", "vision_tower", "vision_model"):
             module = getattr(holder, name, None) if holder is not None else None

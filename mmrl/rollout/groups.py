@@ -7,14 +7,14 @@ subset of rows (Reinforce-Ada keeping a balanced group) is encoded again on dema
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from mmrl.data import MediaCache
-from mmrl.errors import ConfigError
 from mmrl.rollout.hf import encode_answers, encode_prompts, generate, sanitize, token_distributions
+from mmrl.rollout.scoring import score
 from mmrl.rollout.shared import shared_generate, shared_token_distributions
 from mmrl.types import Group, Sample
 
@@ -61,6 +61,8 @@ class Rollouts:
     """Reward component name -> [N] values."""
     total: torch.Tensor
     """[N] weighted sum of the components."""
+    failures: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Reward name -> [N] 1.0 where that reward failed on the row (it scored 0; ``mmrl.rollout.scoring``)."""
     pad_id: int = 0
     """Token that fills ``ids`` after each completion's end."""
     dropped_placeholders: int = 0
@@ -112,6 +114,7 @@ class Rollouts:
             self, samples=[self.samples[i] for i in idx], group_ids=self.group_ids[rows], ids=self.ids[rows],
             mask=self.mask[rows], texts=[self.texts[i] for i in idx], truncated=self.truncated[rows],
             components={k: v[rows] for k, v in self.components.items()}, total=self.total[rows],
+            failures={k: v[rows] for k, v in self.failures.items()},
             encodings=None, advantages=pick(self.advantages), weight=pick(self.weight), keep=pick(self.keep),
             extra={k: v[rows] for k, v in self.extra.items()}, offpolicy=pick(self.offpolicy),
         )
@@ -137,38 +140,23 @@ def concat(parts: list[Rollouts]) -> Rollouts:
         texts=[t for p in parts for t in p.texts], truncated=torch.cat([p.truncated for p in parts]),
         components={k: torch.cat([p.components[k] for p in parts]) for k in parts[0].components},
         total=torch.cat([p.total for p in parts]), pad_id=pad_id,
+        failures={k: torch.cat([p.failures[k] for p in parts]) for k in parts[0].failures},
         dropped_placeholders=sum(p.dropped_placeholders for p in parts),
         offpolicy=None if parts[0].offpolicy is None else torch.cat([p.offpolicy for p in parts]),
     )
 
 
-def select_rewards(available: dict, weights: dict[str, float]) -> dict[str, tuple[Callable, float]]:
-    unknown = sorted(set(weights) - set(available))
-    if unknown:
-        raise ConfigError(f"unknown reward '{unknown[0]}' in config key 'rewards'; valid: {', '.join(available)}")
-    return {name: (available[name], w) for name, w in weights.items()}
-
-
-def score(rewards: dict[str, tuple[Callable, float]], completions: list[str], samples: list[Sample]):
-    """Every reward component per completion ([N] float64 tensors) and their weighted sum."""
-    keys = {k for s in samples for k in s.fields}
-    fields = {k: [s.fields.get(k) for s in samples] for k in keys}
-    parts = {name: torch.tensor([float(v) for v in fn(completions, **fields)], dtype=torch.float64)
-             for name, (fn, _) in rewards.items()}
-    total = sum(w * parts[name] for name, (_, w) in rewards.items())
-    return parts, total
-
-
 def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: list[int], media: MediaCache,
                   rewards, *, micro_batch_size: int, suppress: list[int], device, shared: bool = False,
-                  answer_slot: bool = False, **sampling) -> Rollouts:
+                  answer_slot: bool = False, reward_timeout: float | None = None, **sampling) -> Rollouts:
     """``n`` completions of each prompt, scored; prompt k's rows get group id ``group_ids[k]``.
 
     ``shared``: each prompt is encoded and prefilled once and its completions decoded from the repeated KV cache
     (``shared_generate``); otherwise HF ``generate`` on the prompt repeated. ``answer_slot`` (TempSamp-R1
     off-policy guidance): ``n - 1`` completions are sampled and the last row of each group is the sample's
     ground-truth answer, scored like the others and flagged in ``Rollouts.offpolicy`` (the full-sequence path then
-    encodes its prompts again for the log-prob passes; shared encodings are kept). ``sampling``:
+    encodes its prompts again for the log-prob passes; shared encodings are kept). All completions are scored
+    together, each reward function called once (``mmrl.rollout.scoring.score``, ``reward_timeout``). ``sampling``:
     ``max_new_tokens``, ``temperature``, ``top_p``.
     """
     drawn = n - 1 if answer_slot else n
@@ -195,11 +183,12 @@ def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: li
         encodings = [Chunk(slice(c.rows.start // drawn * n, c.rows.stop // drawn * n), c.prompts, n)
                      for c in encodings] if shared else None
     ids, mask, dropped = sanitize(ids, mask, suppress, pad)
-    components, total = score(rewards, texts, rows)
+    scores = score(rewards, texts, rows, reward_timeout)
     return Rollouts(
         samples=rows, group_ids=torch.tensor(group_ids, dtype=torch.long).repeat_interleave(n),
         ids=ids, mask=mask, texts=texts, truncated=torch.tensor(truncated),
-        components=components, total=total, pad_id=pad, dropped_placeholders=dropped, encodings=encodings,
+        components=scores.components, total=scores.total, failures=scores.failures, pad_id=pad,
+        dropped_placeholders=dropped, encodings=encodings,
         offpolicy=offpolicy,
     )
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from mmrl.models.families import family_of, unwrap
+from mmrl.plugins import MODEL_FAMILIES
+
 
 def expand_batch(batch, group_size: int):
     """Prompt encodings repeated ``group_size`` times row-wise (for the full-sequence path on shared prompts)."""
@@ -37,30 +40,19 @@ def _repeat_visual(pixels: torch.Tensor, grid: torch.Tensor, input_ids: torch.Te
     return (torch.cat([c for c in chunks for _ in range(group_size)]), grid.repeat_interleave(group_size, dim=0))
 
 
-def _core(model):
-    """The multimodal backbone (``model.model``) under any DDP and peft wrappers."""
-    base = getattr(model, "module", model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return getattr(base, "model", None)
-
-
 def unsupported_reason(model) -> str | None:
     """Why the shared prefix cannot be used with ``model`` (None when it can)."""
-    if not hasattr(_core(model), "get_rope_index"):
-        return f"{type(model).__name__} has no Qwen-VL multimodal rope (get_rope_index)"
-    if getattr(model, "is_gradient_checkpointing", False):
+    family = family_of(model)
+    if not MODEL_FAMILIES.capability(family, "shared_prefix"):
+        return f"model type {unwrap(model).config.model_type!r} has no shared-prefix adapter"
+    if unwrap(model).is_gradient_checkpointing:
         return "gradient checkpointing turns the KV cache off"
     return None
 
 
 def prompt_positions(model, batch) -> torch.Tensor:
-    """Multimodal rope position ids ``[3, P, L]`` of the prompts, as the model computes them."""
-    position_ids, _ = _core(model).get_rope_index(
-        batch["input_ids"], image_grid_thw=batch.get("image_grid_thw"), video_grid_thw=batch.get("video_grid_thw"),
-        attention_mask=batch["attention_mask"], second_per_grid_ts=batch.get("second_per_grid_ts"),
-        mm_token_type_ids=batch.get("mm_token_type_ids"),
-    )
-    return position_ids
+    """Rope position ids of the prompts, as the model's family adapter computes them."""
+    return MODEL_FAMILIES.get(family_of(model)).rope_positions(model, batch)
 
 
 def shared_token_distributions(model, batch, ids: torch.Tensor, mask: torch.Tensor, group_size: int,

@@ -8,8 +8,9 @@ import torch
 
 from mmrl.algorithms import ADVANTAGES
 from mmrl.algorithms.advantages import (
-    beta_pdf, bnpo, bnpo_parameters, compute_advantages, grpo, ngrpo, reinforce_pp, tempsamp, tempsamp_transform,
+    beta_pdf, bnpo, bnpo_parameters, compute_advantages, grpo, ngrpo, reinforce_pp, tempsamp,
 )
+from rewards.temporal import tempsamp_transform
 
 
 def t(*values):

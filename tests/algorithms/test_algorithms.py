@@ -14,7 +14,7 @@ from mmrl.algorithms.advantages import dr_grpo, grpo, rloo
 from mmrl.algorithms.aggregation import seq_mean_token_mean, seq_mean_token_sum_norm, token_mean
 from mmrl.algorithms.kl import k1, k2, k3
 from mmrl.algorithms.losses import ppo_clip
-from mmrl.algorithms.registry import Registry
+from mmrl.plugins import Registry
 from mmrl.errors import ConfigError
 
 

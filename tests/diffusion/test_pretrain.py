@@ -9,10 +9,12 @@ import torch
 from diffusers import DiffusionPipeline
 
 from mmrl.cli import main
+from mmrl.colours import COLOURS
 from mmrl.config import load_config
 from mmrl.diffusion.config import DiffusionConfig
-from mmrl.diffusion.pipeline import DiffusionPolicy, absent_components, resolve_pipeline_path
-from mmrl.diffusion.pretrain import COLOURS, disc_images, fit_latent_scale, pretrain_tiny, prompt_colours
+from mmrl.diffusion.pipeline import absent_components, resolve_pipeline_path
+from mmrl.diffusion.policy import DiffusionPolicy
+from mmrl.diffusion.pretrain import disc_images, fit_latent_scale, pretrain_tiny, prompt_colours
 from mmrl.diffusion.tiny import make_tiny_diffusion
 from mmrl.diffusion.trainer import train
 from mmrl.errors import ConfigError
@@ -59,7 +61,7 @@ def test_fit_latent_scale_normalises_the_latents_and_decodes_back(tmp_path, shif
 def test_pretraining_lowers_the_denoising_loss(tmp_path, kind):
     path = make_tiny_diffusion(tmp_path / kind, kind=kind)
     pipe = DiffusionPipeline.from_pretrained(path, **absent_components(str(path)))
-    policy = DiffusionPolicy(pipe, kind, torch.device("cpu"), lora=False, max_sequence_length=8)
+    policy = DiffusionPolicy(pipe, kind, torch.device("cpu"), max_sequence_length=8)
     losses = pretrain_tiny(policy, 32, 40, torch.Generator().manual_seed(0), batch_size=16, progress=False)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.85 * first, (first, last)

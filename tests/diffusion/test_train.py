@@ -10,11 +10,12 @@ from mmrl.cli import main
 from mmrl.config import load_config
 from mmrl.diffusion.algorithms.base import Context, expand_prompts, sample_and_score
 from mmrl.diffusion.algorithms.policy_gradient import step_logprob
+from mmrl.diffusion.artifacts import FINAL_WEIGHTS
 from mmrl.diffusion.config import DiffusionConfig
+from mmrl.diffusion.image_rewards import WeightedImageReward
 from mmrl.diffusion.pipeline import load_policy
-from mmrl.diffusion.trainer import FINAL_WEIGHTS, train
+from mmrl.diffusion.trainer import train
 from mmrl.errors import ConfigError, DataError
-from rewards.image import WeightedImageReward
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model.max_sequence_length=8", "optim.prompts_per_step=2", "optim.images_per_prompt=2", "optim.micro_batch_size=4", "sampling.steps=3",
@@ -37,7 +38,7 @@ def config(cache, out, algorithm, *overrides):
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_each_algorithm_writes_a_complete_run(cache, tmp_path, algorithm):
-    extra = ["flow_grpo.beta=0.1"] if algorithm == "flow_grpo" else []
+    extra = ["algorithm_args.beta=0.1"] if algorithm == "flow_grpo" else []
     summary = train(config(cache, tmp_path, algorithm, "optim.steps=2", *extra))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -125,8 +126,10 @@ def test_bad_input_gives_clear_errors(cache, tmp_path):
         train(config(cache, tmp_path / "r1", "ddpo", f"model.path={folder}"))
     with pytest.raises(ConfigError, match="alignprop backpropagates through the reward"):
         train(config(cache, tmp_path / "r3", "alignprop", "rewards=[{name: jpeg_compressibility}]"))
-    with pytest.raises(ConfigError, match="unknown algorithm 'ppo'"):
+    with pytest.raises(ConfigError, match="unknown diffusion algorithm 'ppo'; valid: alignprop, awm, ddpo"):
         train(config(cache, tmp_path / "r4", "ddpo", "algorithm=ppo"))
+    with pytest.raises(ConfigError, match="unknown config key 'algorithm_args.beta'.*stat_buffer, stat_min_count"):
+        train(config(cache, tmp_path / "r6", "ddpo", "algorithm_args.beta=0.1"))
     with pytest.raises(ConfigError, match="model.lora.target_modules"):
         train(config(cache, tmp_path / "r5", "ddpo", "model.lora.enabled=true", "model.lora.target_modules=[nope]"))
     with pytest.raises(ConfigError, match="unknown config key 'optim.stepz'"):

@@ -17,7 +17,7 @@ from mmrl.eval.charades import (
     read_annotations,
     read_predictions,
     run,
-    score_outputs,
+    score_predictions,
 )
 
 # ids are 0-based line numbers: line 2 is blank, so the ids are 0, 1, 3, 4, 5, 6, 7
@@ -124,14 +124,14 @@ def test_charades_metrics_hand_values():
     assert charades_metrics([]) == {"r1@0.3": 0.0, "r1@0.5": 0.0, "r1@0.7": 0.0, "miou": 0.0, "n": 0}
 
 
-def test_score_outputs_counted_by_hand(tmp_path):
+def test_score_predictions_counted_by_hand(tmp_path):
     records = read_annotations(_write(tmp_path / "ann.txt", ANNOTATIONS))
-    assert score_outputs(records, OUTPUTS, DURATIONS) == pytest.approx(EXPECTED)
+    assert score_predictions(records, OUTPUTS, DURATIONS) == pytest.approx(EXPECTED)
     # without durations the answers are clamped below only: query 5 scores (4, 99) vs (2, 6): 2/97
-    unclamped = score_outputs(records, OUTPUTS, {})
+    unclamped = score_predictions(records, OUTPUTS, {})
     assert unclamped["miou"] == pytest.approx((1 + 0.6 + 2 / 97 + 0.75) / 7)
     assert unclamped["r1@0.3"] == pytest.approx(3 / 7)
-    nothing = score_outputs(records, {}, DURATIONS)
+    nothing = score_predictions(records, {}, DURATIONS)
     assert (nothing["miou"], nothing["missing"], nothing["unparsable"]) == (0.0, 7, 0)
 
 

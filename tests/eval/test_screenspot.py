@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mmrl.errors import DataError
+from mmrl.config import ModelConfig
 from mmrl.eval.screenspot import (
     add_arguments,
     evaluate_predictions_file,
@@ -170,7 +171,7 @@ def test_v1_0_1000_reads_image_size(tmp_path):
     assert [d["status"] for d in result["details"]] == ["correct", "missing"]
     assert result["details"][0]["point"] == pytest.approx([35, 35])
     # mobile_1's image was never written: its size cannot be read
-    message = r"screenspot_mobile\.json: record '1': cannot read image size"
+    message = r"screenspot_mobile\.json: record 1: image not found: .*mobile_0002\.png"
     with pytest.raises(DataError, match=message):
         score_predictions(records, {"1": "(500, 800)"}, coords="0-1000")
 
@@ -416,18 +417,18 @@ def test_arguments_are_validated():
         _parse(["--data", "d", "--predictions", "p", "--model", "m"])
 
 
-def test_run_with_model_calls_generate_for_records(monkeypatch, capsys):
+def test_run_with_model_generates_with_the_benchmarks_task(monkeypatch, capsys):
     calls = []
 
-    def generate_for_records(model_path, records, *, min_pixels, max_pixels, **_):
-        calls.append((model_path, len(records), min_pixels, max_pixels))
-        return {(Path(r.source_file).name, r.id): "(10, 10)" for r in records}  # keyed as the real one is
+    def benchmark_outputs(benchmark, records, model, data=None, **_):
+        calls.append((benchmark, model.path, len(records), model.min_pixels, model.max_pixels))
+        return ["(10, 10)"] * len(records)
 
     fake = types.ModuleType("mmrl.eval.generate")
-    fake.generate_for_records = generate_for_records
+    fake.benchmark_outputs = benchmark_outputs
     monkeypatch.setitem(sys.modules, "mmrl.eval.generate", fake)
     assert run(_parse(["--data", str(PRO), "--model", "ckpt", "--max-pixels", "1000000"])) == 0
-    assert calls == [("ckpt", 6, None, 1000000)]
+    assert calls == [("screenspot", "ckpt", 6, ModelConfig().min_pixels, 1000000)]
     # --model defaults to resized coords: vscode 2560x1600 is seen as 1260x784 under 1e6 pixels, so (10, 10) ->
     # (20.3, 20.4), inside only vscode_macos_1's box [0, 0, 64, 40]; photoshop (14.6, 14.8) hits none
     assert "overall (resized coords): 16.7 (1/6)" in capsys.readouterr().out

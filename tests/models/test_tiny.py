@@ -150,8 +150,8 @@ def test_make_tiny_is_deterministic_for_a_seed(tiny_dir, tmp_path):
 
 
 def test_unknown_family_and_size_raise(tmp_path, tokenizer):
-    with pytest.raises(ConfigError, match="qwen3_vl.*valid: qwen2_5_vl, qwen2_vl"):
-        build_config("qwen3_vl", SIZES["tiny"], tokenizer)
+    with pytest.raises(ConfigError, match="llava.*valid: qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl, smolvlm"):
+        build_config("llava", SIZES["tiny"], tokenizer)
     with pytest.raises(ConfigError, match="huge.*valid: tiny, small"):
         make_tiny(tmp_path / "x", size="huge")
 

@@ -3,19 +3,16 @@ CLIP models written here) against the same score computed by hand through the li
 import io
 import json
 import math
+import re
 
 import pytest
 import torch
 from PIL import Image
 
+from mmrl.diffusion.image_rewards import WeightedImageReward, make_image_reward
 from mmrl.errors import ConfigError
-from rewards.image import (
-    IMAGE_REWARDS,
-    ImageReward,
-    WeightedImageReward,
-    make_image_reward,
-    sanitize,
-)
+from mmrl.plugins import IMAGE_REWARDS
+from rewards.image import ImageReward, RewardArgumentError, sanitize
 
 PROMPTS = ["a red cube", "two cats", "a red cube"]  # a repeated prompt exercises the per-prompt dedup
 
@@ -240,12 +237,12 @@ def test_aesthetic_matches_manual_mlp(tiny_open_clip, aesthetic_head):
     assert torch.isfinite(reward(bad_pixels(), [""] * 3)).all()
 
 
-def test_aesthetic_head_of_the_wrong_size_is_a_config_error(tiny_open_clip, tmp_path):
+def test_aesthetic_head_of_the_wrong_size_is_an_argument_error(tiny_open_clip, tmp_path):
     path = tmp_path / "l14-head.pth"
     torch.save({"layers.0.weight": torch.zeros(1024, 768)}, path)
     reward = make_image_reward("aesthetic", config_file=tiny_open_clip[0], pretrained=tiny_open_clip[1],
                                weights=str(path))
-    with pytest.raises(ConfigError, match="l14-head.pth"):
+    with pytest.raises(RewardArgumentError, match="l14-head.pth"):
         reward(quantised(1), [""])
 
 
@@ -307,7 +304,15 @@ def test_pickscore_matches_manual_logit_scale_cosine(tiny_pickscore):
 def test_unknown_reward_lists_valid_names():
     with pytest.raises(ConfigError) as err:
         make_image_reward("sharpness")
-    assert "sharpness" in str(err.value) and all(name in str(err.value) for name in IMAGE_REWARDS)
+    assert "sharpness" in str(err.value) and all(name in str(err.value) for name in IMAGE_REWARDS.names())
+
+
+def test_registry_declares_each_rewards_arguments_and_differentiability():
+    for name in IMAGE_REWARDS.names():
+        assert IMAGE_REWARDS.capability(name, "differentiable") == make_image_reward(name).differentiable
+    assert list(IMAGE_REWARDS.hyperparameters("jpeg_compressibility")) == ["quality"]
+    assert list(IMAGE_REWARDS.hyperparameters("aesthetic")) == ["arch", "pretrained", "config_file", "weights",
+                                                                 "device"]
 
 
 @pytest.mark.parametrize("name, args, bad", [
@@ -338,9 +343,11 @@ def test_missing_weights_path_is_named_at_first_call(name, key, tiny_open_clip, 
     if name == "aesthetic":
         args.update(config_file=tiny_open_clip[0], pretrained=tiny_open_clip[1])
     reward = make_image_reward(name, **args)  # nothing is checked or loaded yet
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(RewardArgumentError, match=re.escape(missing)):
         reward(quantised(1), ["x"])
-    assert missing in str(err.value)
+    with pytest.raises(ConfigError) as err:  # what the trainer sees: mmrl's error, naming the reward
+        WeightedImageReward([(name, 1.0, args)])(quantised(1), ["x"])
+    assert f"image reward {name!r}" in str(err.value) and missing in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------- weighted sum
@@ -378,9 +385,9 @@ def test_weighted_reward_rejects_bad_items():
         WeightedImageReward([])
 
 
-def test_weights_that_do_not_fit_the_architecture_are_a_config_error(tiny_open_clip, tmp_path):
+def test_weights_that_do_not_fit_the_architecture_are_an_argument_error(tiny_open_clip, tmp_path):
     path = tmp_path / "other-clip.pt"
     torch.save({"visual.conv1.weight": torch.zeros(1)}, path)
     reward = make_image_reward("clip_score", config_file=tiny_open_clip[0], pretrained=str(path))
-    with pytest.raises(ConfigError, match="other-clip.pt"):
+    with pytest.raises(RewardArgumentError, match="other-clip.pt"):
         reward(quantised(1), ["x"])

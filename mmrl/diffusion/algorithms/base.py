@@ -1,4 +1,4 @@
-"""What every diffusion algorithm shares: the training context, the sampled batch, and the step result."""
+"""What every diffusion algorithm shares: its interface, the training context, the sampled batch, the step result."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,8 +7,26 @@ from typing import Callable
 import torch
 
 from mmrl.diffusion.config import DiffusionConfig
-from mmrl.diffusion.pipeline import Conditioning, DiffusionPolicy
+from mmrl.diffusion.losses import group_advantages
+from mmrl.diffusion.policy import Conditioning, DiffusionPolicy
 from mmrl.diffusion.samplers import Trajectory, rollout
+
+
+class DiffusionAlgorithm:
+    """Base of the algorithms of ``mmrl.plugins.DIFFUSION_ALGORITHMS``: a class built as ``cls(cfg, args)`` from the
+    run's ``DiffusionConfig`` and its ``algorithm_args`` (the registered ``config`` dataclass), whose
+    ``step(ctx, prompts, generator) -> StepResult`` samples, scores and updates once. The defaults here are those
+    of an algorithm without a reference model or state to resume."""
+
+    needs_reference: bool = False
+    """Reads ``ctx.policy.reference_model()`` (the trainer then keeps a frozen copy under full fine-tuning)."""
+
+    def state_dict(self) -> dict:
+        """The state a resumed run needs (e.g. DDPO's per-prompt statistics), saved with every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
 
 
 @dataclass
@@ -94,6 +112,12 @@ def sample_with_advantages(ctx: Context, prompts: list[str], generator: torch.Ge
     rewards into advantages with ``advantage_fn``, clipped to ±``clip``."""
     batch = sample_and_score(ctx, expand_prompts(ctx, prompts), generator, rollout_stochasticity(ctx))
     return batch, advantage_fn(batch).clamp(-clip, clip)
+
+
+def group_advantage_fn(global_std: bool) -> Callable[[Batch], torch.Tensor]:
+    """Group-relative advantages ``(r − mean_g)/std`` of a batch's rewards (``losses.group_advantages``; the std
+    of the group, or of the whole batch with ``global_std``)."""
+    return lambda batch: group_advantages(batch.total, batch.group_size, global_std)
 
 
 def reward_metrics(batch: Batch) -> dict[str, float]:

@@ -6,19 +6,28 @@ step's log-prob; score them; advantages from per-prompt reward statistics (``Per
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from mmrl.diffusion.algorithms.base import Batch, Context, StepResult
+from mmrl.diffusion.algorithms.base import Batch, Context, DiffusionAlgorithm, StepResult
 from mmrl.diffusion.algorithms.policy_gradient import policy_gradient_step
 from mmrl.diffusion.losses import PerPromptStatTracker
+from mmrl.plugins import DIFFUSION_ALGORITHMS
 
 
-class DDPO:
-    differentiable_reward = False
-    needs_reference = False
+@dataclass
+class DDPOConfig:
+    stat_buffer: int = 32
+    """Per-prompt reward statistics keep this many most recent rewards per prompt."""
+    stat_min_count: int = 16
+    """Below this many rewards for a prompt, the batch's statistics are used instead."""
 
-    def __init__(self, cfg):
-        self.tracker = PerPromptStatTracker(cfg.ddpo.stat_buffer, cfg.ddpo.stat_min_count)
+
+@DIFFUSION_ALGORITHMS.register("ddpo", config=DDPOConfig)
+class DDPO(DiffusionAlgorithm):
+    def __init__(self, cfg, args: DDPOConfig):
+        self.tracker = PerPromptStatTracker(args.stat_buffer, args.stat_min_count)
 
     def step(self, ctx: Context, prompts: list[str], generator: torch.Generator) -> StepResult:
         return policy_gradient_step(ctx, prompts, generator, self.advantages)

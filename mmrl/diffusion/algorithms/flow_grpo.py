@@ -8,22 +8,29 @@ guidance (``sampling.guidance_scale``). On a DDIM pipeline the DDIM step with η
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from mmrl.diffusion.algorithms.base import Batch, Context, StepResult
+from mmrl.diffusion.algorithms.base import Context, DiffusionAlgorithm, StepResult, group_advantage_fn
 from mmrl.diffusion.algorithms.policy_gradient import policy_gradient_step
-from mmrl.diffusion.losses import group_advantages
+from mmrl.plugins import DIFFUSION_ALGORITHMS
 
 
-class FlowGRPO:
-    differentiable_reward = False
+@dataclass
+class FlowGRPOConfig:
+    beta: float = 0.0
+    """KL coefficient to the reference model: β·mean((μθ − μref)²)/(2·std²) per step."""
+    global_std: bool = False
+    """Normalise advantages by the std of the whole batch instead of the group's."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg.flow_grpo
-        self.needs_reference = self.cfg.beta > 0
+
+@DIFFUSION_ALGORITHMS.register("flow_grpo", config=FlowGRPOConfig)
+class FlowGRPO(DiffusionAlgorithm):
+    def __init__(self, cfg, args: FlowGRPOConfig):
+        self.args = args
+        self.needs_reference = args.beta > 0
 
     def step(self, ctx: Context, prompts: list[str], generator: torch.Generator) -> StepResult:
-        return policy_gradient_step(ctx, prompts, generator, self.advantages, beta=self.cfg.beta)
-
-    def advantages(self, batch: Batch) -> torch.Tensor:
-        return group_advantages(batch.total, batch.group_size, self.cfg.global_std)
+        return policy_gradient_step(ctx, prompts, generator, group_advantage_fn(self.args.global_std),
+                                    beta=self.args.beta)

@@ -72,8 +72,8 @@ def run_trl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
 
     cfg = load_config(TrainConfig, None, overrides(work, side, new_tokens, steps))
     with opened("gui_grounding", cfg.data) as (task, data_cfg):
-        samples = task.load("train", data_cfg, load_context(cfg.model))
-    images = media_cache(cfg.model)
+        samples = task.load("train", data_cfg, load_context(cfg.model, "qwen2_5_vl"))
+    images = media_cache(cfg.model, "qwen2_5_vl")
     rows = [{"prompt": [{"role": "user", "content": [{"type": "image"},
                                                      {"type": "text", "text": s.prompt.replace(IMAGE_MARK, "")}]}],
              "image": images.images(s)[0], **s.fields} for s in samples]

@@ -56,7 +56,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     samples = [Sample(id=str(i), prompt="<image>click the blue button", images=[f"{i}.png"]) for i in range(args.prompts)]
     images = [[Image.fromarray(rng.integers(0, 255, (args.side, args.side, 3), dtype=np.uint8))] for _ in samples]
-    batch = encode_prompts(processor, samples, images)
+    batch = encode_prompts(processor, samples, images, family="qwen2_5_vl")
     G, suppress = args.group, placeholder_ids(processor.tokenizer)
     wide = expand_batch(batch, G)
     ids = torch.randint(20, 300, (args.prompts * G, args.new_tokens))

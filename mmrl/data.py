@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from mmrl.config import ModelConfig
+from mmrl.plugins import MODEL_FAMILIES
+from mmrl.rollout.hf import encode_prompts
 from mmrl.types import LoadContext, Sample
 from mmrl.vision import VideoBudget, VideoClip, fit_image, load_image, load_video
 
@@ -37,8 +40,14 @@ class MediaCache:
     """Loads sample images (resized to the model's pixel budget) and videos (frames sampled and resized under
     ``video``'s budget) once; keeps the ``max_items`` most recently used of each."""
 
-    def __init__(self, min_pixels: int, max_pixels: int, video: VideoBudget | None = None, max_items: int = 4096):
+    def __init__(self, min_pixels: int, max_pixels: int, video: VideoBudget | None = None, max_items: int = 4096, *,
+                 family: str):
         self.min_pixels, self.max_pixels, self.video, self.max_items = min_pixels, max_pixels, video, max_items
+        self.family = family
+        """The model family's adapter name (``mmrl.models.families``): resize factor, prompt encoding."""
+        self.factor = MODEL_FAMILIES.capability(family, "factor")
+        if video is not None:
+            self.video = replace(video, factor=self.factor)
         self._images: OrderedDict[str, Image.Image] = OrderedDict()
         self._videos: OrderedDict[str, VideoClip] = OrderedDict()
 
@@ -53,7 +62,7 @@ class MediaCache:
 
     def images(self, sample: Sample) -> list[Image.Image]:
         """The sample's images as the model sees them."""
-        fit = lambda path: fit_image(load_image(path), self.min_pixels, self.max_pixels)[0]  # noqa: E731
+        fit = lambda path: fit_image(load_image(path), self.min_pixels, self.max_pixels, self.factor)[0]  # noqa: E731
         return [self._get(self._images, p, fit) for p in sample.images]
 
     def videos(self, sample: Sample) -> list[VideoClip]:
@@ -63,15 +72,22 @@ class MediaCache:
         return [self._get(self._videos, p, lambda path: load_video(path, self.video)) for p in sample.videos]
 
     def inputs(self, samples: list[Sample]) -> tuple[list[list[Image.Image]], list[list[VideoClip]]]:
-        """``(images, videos)`` per sample: the last two arguments of ``rollout.hf.encode_prompts``."""
+        """``(images, videos)`` per sample, as the model sees them."""
         return [self.images(s) for s in samples], [self.videos(s) for s in samples]
 
+    def encode(self, processor, samples: list[Sample]):
+        """The processor's batch of ``samples``' prompts with their media (``rollout.hf.encode_prompts``)."""
+        return encode_prompts(processor, samples, *self.inputs(samples), family=self.family)
 
-def load_context(model: ModelConfig) -> LoadContext:
-    """What tasks need to build samples for ``model``: its image and video budgets and the cache folder."""
-    return LoadContext(model.min_pixels, model.max_pixels, model.cache_dir, video=model.video)
+
+def load_context(model: ModelConfig, family: str) -> LoadContext:
+    """What tasks need to build samples for ``model`` of ``family``: its image and video budgets, the family's
+    resize factor and coordinate convention, and the cache folder."""
+    factor = MODEL_FAMILIES.capability(family, "factor")
+    return LoadContext(model.min_pixels, model.max_pixels, model.cache_dir, factor=factor,
+                       coords=MODEL_FAMILIES.capability(family, "coords"), video=replace(model.video, factor=factor))
 
 
-def media_cache(model: ModelConfig) -> MediaCache:
-    """Images and videos prepared for ``model``'s budgets."""
-    return MediaCache(model.min_pixels, model.max_pixels, model.video)
+def media_cache(model: ModelConfig, family: str) -> MediaCache:
+    """Images and videos prepared for ``model``'s budgets and ``family``'s resize factor."""
+    return MediaCache(model.min_pixels, model.max_pixels, model.video, family=family)

@@ -5,7 +5,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmrl.data import MediaCache
-from mmrl.rollout.hf import encode_prompts, generate
+from mmrl.rollout.hf import generate
 from mmrl.types import Sample
 
 
@@ -21,7 +21,7 @@ def generate_outputs(
     with torch.no_grad():
         for i in tqdm(range(0, len(samples), batch_size), desc=desc, disable=not progress, leave=False):
             chunk = samples[i : i + batch_size]
-            batch = encode_prompts(processor, chunk, *media.inputs(chunk)).to(device)
+            batch = media.encode(processor, chunk).to(device)
             out = generate(model, processor, batch, max_new_tokens=max_new_tokens, do_sample=False,
                            suppress_ids=suppress_ids)
             outputs.extend(out.texts)

@@ -244,10 +244,9 @@ def reload_plugins() -> None:
 
 
 def describe(entry: Entry, registry: Registry) -> dict[str, Any]:
-    """What ``mmrl list`` shows of one entry: origin, config keys with defaults, non-default capabilities."""
+    """What ``mmrl list`` shows of one entry: origin, config keys with defaults, capabilities."""
     keys = {k: _show(default) for k, (_, default) in registry.hyperparameters(entry.name).items()}
-    caps = {k: _show(v) for k, v in entry.capabilities.items()
-            if k != "config" and v != registry.capabilities[k].default}
+    caps = {k: _show(v) for k, v in entry.capabilities.items() if k != "config"}
     return {"name": entry.name, "origin": entry.origin, "config_keys": keys, "capabilities": caps}
 
 
@@ -324,8 +323,14 @@ RENDERERS = Registry(
 MODEL_FAMILIES = Registry(
     "model family", builtins=("mmrl.models.families",),
     doc="adapters by ``config.model_type``: what the engine needs to know about a checkpoint family",
-    capabilities={"shared_prefix": Capability(bool, False, "group-shared prefix log-probs and generation "
-                                              "(the adapter computes prompt positions: ``rope_positions``)")},
+    capabilities={
+        "coords": Capability(str, "0-1000", "grounding answers: ``resized`` (pixels of the resized image) or ``0-1000``"),
+        "factor": Capability(int, 28, "images and frames are resized to multiples of this (patch x merge)"),
+        "pre_resized": Capability(bool, False, "images reach the processor at that size and it does not resize "
+                                  "them again (so the coordinate map is exact)"),
+        "shared_prefix": Capability(bool, False, "group-shared prefix log-probs and generation (the adapter "
+                                    "computes prompt positions: ``rope_positions``)"),
+    },
 )
 
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (

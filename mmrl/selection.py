@@ -37,19 +37,20 @@ def select(cfg, k: int, output: str | Path, progress: bool = True, keep: str | P
 
 def _select(cfg, task, data_cfg, k: int, output: Path, progress: bool, keep, min_std: float) -> list[dict]:
     from mmrl.data import load_context, media_cache
-    from mmrl.models.load import load_policy, placeholder_ids, resolve_path
+    from mmrl.models.load import load_policy, model_family, placeholder_ids, resolve_path
     from mmrl.rollout.groups import sample_groups, slices
     from mmrl.rollout.scoring import select_rewards
     from mmrl.rollout.shared import unsupported_reason
     from mmrl.store import atomic_write_text
 
     torch.manual_seed(cfg.seed)
-    train_set = task.load("train", data_cfg, load_context(cfg.model))
+    family = model_family(cfg.model)
+    train_set = task.load("train", data_cfg, load_context(cfg.model, family))
     model, processor, _ = load_policy(replace(cfg.model, path=resolve_path(cfg.model)))
     model.eval()
     rewards = select_rewards(task.reward_functions(data_cfg), cfg.rewards or task.default_rewards(data_cfg),
                              cfg.reward_args)
-    media, g = media_cache(cfg.model), cfg.grpo
+    media, g = media_cache(cfg.model, family), cfg.grpo
     per_batch = max(1, g.micro_batch_size // k)
     rows = []
     for sl in tqdm(slices(len(train_set), per_batch), desc="select", disable=not progress):

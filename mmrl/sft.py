@@ -10,13 +10,13 @@ from tqdm.auto import tqdm
 from mmrl.config import SFTConfig
 from mmrl.data import MediaCache, indices_for_step
 from mmrl.optim import make_optimizer
-from mmrl.rollout.hf import encode_answers, encode_prompts, token_logprobs
+from mmrl.rollout.hf import encode_answers, token_logprobs
 from mmrl.types import Sample
 
 
 def sft_loss(model, processor, samples: list[Sample], media: MediaCache, device):
     """Mean negative log-likelihood of the answers' tokens (EOS included) given the prompts."""
-    batch = encode_prompts(processor, samples, *media.inputs(samples)).to(device)
+    batch = media.encode(processor, samples).to(device)
     ids, mask = encode_answers(processor.tokenizer, [s.answer for s in samples])
     logp = token_logprobs(model, batch, ids, mask)
     return -logp.sum() / mask.to(logp.device).sum()

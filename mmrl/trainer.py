@@ -35,7 +35,7 @@ from mmrl.config import GRPOConfig, TrainConfig, to_dict
 from mmrl.data import load_context, media_cache
 from mmrl.errors import ConfigError
 from mmrl.evaluate import generate_outputs
-from mmrl.models.load import load_policy, placeholder_ids, resolve_path
+from mmrl.models.load import load_policy, model_family, placeholder_ids, resolve_path
 from mmrl.optim import make_optimizer
 from mmrl.plugins import TASKS
 from mmrl.reference import frozen_reference, reference_context
@@ -250,13 +250,14 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
     claim_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, delete=accelerator.is_main_process)
     accelerator.wait_for_everyone()
     run = RunDir(cfg.output_dir, main=accelerator.is_main_process)
-    ctx = load_context(cfg.model)
+    family = model_family(cfg.model)  # its resize factor and coordinate convention shape the samples
+    ctx = load_context(cfg.model, family)
     with accelerator.main_process_first():
         train_set, eval_set = task.load("train", data_cfg, ctx), task.load("eval", data_cfg, ctx)
         resolved = resolve_path(cfg.model)
     rewards = select_rewards(task.reward_functions(data_cfg), cfg.rewards or task.default_rewards(data_cfg),
                              cfg.reward_args)
-    media = media_cache(cfg.model)
+    media = media_cache(cfg.model, family)
     resume_from = checkpoint.latest(run.root) if cfg.resume else None
     run.write_json("config.json", to_dict(cfg))
 

@@ -56,6 +56,9 @@ class LoadContext:
     max_pixels: int
     cache_dir: str
     factor: int = 28
-    """Side multiple of the model's resized images (patch size x spatial merge size; 28 for Qwen2/2.5-VL)."""
+    """Side multiple of the model's resized images (patch size x spatial merge size; 28 for Qwen2/2.5-VL, 32 for
+    Qwen3-VL): the model family's, so the processor never resizes again."""
+    coords: str = "resized"
+    """How the model family answers grounding: ``resized`` (pixels of the resized image) or ``0-1000``."""
     video: VideoBudget | None = None
     """How videos are sampled and resized (frame timestamps depend on it)."""

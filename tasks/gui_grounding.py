@@ -1,8 +1,10 @@
 """GUI grounding (GUI-G², Tang et al. 2025, "GUI-G²: Gaussian Reward Modeling for GUI Grounding").
 
 Given a screenshot and an instruction, the model answers where to click: a point ``(x, y)`` or a box
-``[x1,y1,x2,y2]`` in the pixels of the image it saw (after Qwen's ``smart_resize``). Rewards map the answer back
-to original pixels (``scale`` = original / seen) and score it with the Gaussian point and coverage rewards
+``[x1,y1,x2,y2]`` in its model family's convention: the pixels of the image it saw (after Qwen's ``smart_resize``
+with the family's factor; Qwen2.5-VL) or 0-1000 of each side (Qwen2-VL, Qwen3-VL, Qwen3.5, other families). Rewards
+map the answer back to original pixels (``scale`` = original pixels per answer unit) and score it with the
+Gaussian point and coverage rewards
 (``rewards.gui``); evaluation counts a click inside the element's box, as ScreenSpot does.
 
 Data comes from ScreenSpot v1/v2/Pro files (``mmrl.eval.screenspot_format``) or from the seeded synthetic generator
@@ -15,23 +17,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mmrl.errors import ConfigError, DataError
+from mmrl.eval.screenspot import coord_scale, image_size
+from mmrl.eval.screenspot_format import GroundingRecord, load_screenspot
 from mmrl.plugins import TASKS
 from mmrl.store import cached_build
 from mmrl.task import Task
 from mmrl.types import IMAGE_MARK, LoadContext, Sample
-from mmrl.vision import smart_resize
 from rewards import gui
 from rewards.parsing import parse_point
 from tasks import synthetic_gui
-from mmrl.eval.screenspot import image_size
-from mmrl.eval.screenspot_format import GroundingRecord, load_screenspot
 
 PROMPTS = {
-    "point": "{instruction}\nAnswer with the point to click as (x, y) in pixels.",
+    "point": "{instruction}\nAnswer with the point to click as (x, y) {units}.",
     "box": "Outline the position corresponding to the instruction: {instruction}. "
-    "The output should be only [x1,y1,x2,y2].",
+    "The output should be only [x1,y1,x2,y2]{box_units}.",
 }
-"""The box prompt is the GUI-G² paper's; the point prompt is the same request for a click."""
+"""The box prompt is the GUI-G² paper's; the point prompt is the same request for a click. Both ask for the model
+family's coordinate convention (``UNITS``); answers map to original pixels with ``mmrl.eval.screenspot.coord_scale``
+of that convention (``resized``: the image the model saw, after ``smart_resize`` with the family's factor)."""
+
+UNITS = {
+    "resized": {"units": "in pixels", "box_units": ""},
+    "0-1000": {"units": "with x and y from 0 to 1000 across the image's width and height",
+               "box_units": " with coordinates from 0 to 1000 across the image"},
+}
+"""How a prompt names each coordinate convention (``LoadContext.coords``); the paper's pixel prompt is unchanged."""
 
 
 @dataclass
@@ -88,7 +98,8 @@ def synthetic_files(cfg: SyntheticConfig, split: str, cache_dir: str) -> Path:
 
 
 def format_answer(box_seen: list[float], answer_format: str) -> str:
-    """The ground-truth completion in seen pixels: ``(cx, cy)`` or ``[x1,y1,x2,y2]``, integers."""
+    """The ground-truth completion in answer units (``answer_scale``): ``(cx, cy)`` or ``[x1,y1,x2,y2]``,
+    integers."""
     x1, y1, x2, y2 = box_seen
     if answer_format == "point":
         return f"({round((x1 + x2) / 2)}, {round((y1 + y2) / 2)})"
@@ -96,13 +107,11 @@ def format_answer(box_seen: list[float], answer_format: str) -> str:
 
 
 def to_sample(record: GroundingRecord, cfg: GuiGroundingData, ctx: LoadContext) -> Sample:
-    w, h = image_size(record)
-    seen_h, seen_w = smart_resize(h, w, factor=ctx.factor, min_pixels=ctx.min_pixels, max_pixels=ctx.max_pixels)
-    scale = [w / seen_w, h / seen_h]
+    scale = list(coord_scale(ctx.coords, image_size(record), ctx.min_pixels, ctx.max_pixels, ctx.factor))
     box_seen = [v / scale[i % 2] for i, v in enumerate(record.gt_box)]
     return Sample(
         id=str(record.id),
-        prompt=PROMPTS[cfg.answer_format].format(instruction=record.instruction) + (
+        prompt=PROMPTS[cfg.answer_format].format(instruction=record.instruction, **UNITS[ctx.coords]) + (
             f"\n{IMAGE_MARK}" if cfg.instruction_first else ""
         ),
         images=[str(record.image)],

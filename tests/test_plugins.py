@@ -64,7 +64,8 @@ def test_mmrl_list_shows_the_plugin_in_a_fresh_process(plugin):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "mmrl", "list", "task"], capture_output=True, text=True, env=env,
                          timeout=300, check=True).stdout
-    assert re.search(r"^  colour_name  \[mmrl-colour-plugin\]  keys: n_train=32, n_eval=9, size=56$", out, re.M), out
+    assert re.search(r"^  colour_name  \[mmrl-colour-plugin\]  keys: n_train=32, n_eval=9, size=56  "
+                     r"\(renderer=plain benchmarks=\(\) exports=False\)$", out, re.M), out
     assert re.search(r"^  gui_grounding  \[mmrl\]  keys: train=None, eval=None, ", out, re.M), out
     listing = json.loads(subprocess.run([sys.executable, "-m", "mmrl", "list", "--json"], capture_output=True,
                                         text=True, env=env, timeout=300, check=True).stdout)

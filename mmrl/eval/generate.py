@@ -10,16 +10,16 @@ from typing import Any
 from mmrl.config import ModelConfig
 from mmrl.data import load_context, media_cache
 from mmrl.evaluate import generate_outputs
-from mmrl.models.load import load_policy, placeholder_ids
+from mmrl.models.load import load_policy, model_family, placeholder_ids
 from mmrl.task import opened, task_for_benchmark
 from mmrl.types import Sample
 
 
-def greedy_outputs(cfg: ModelConfig, samples: list[Sample], *, batch_size: int, max_new_tokens: int,
+def greedy_outputs(cfg: ModelConfig, samples: list[Sample], family: str, *, batch_size: int, max_new_tokens: int,
                    progress: bool = True) -> list[str]:
-    """Greedy completions of the checkpoint ``cfg.path`` for ``samples``, in order."""
+    """Greedy completions of the checkpoint ``cfg.path`` (of model ``family``) for ``samples``, in order."""
     model, processor, _ = load_policy(cfg)
-    return generate_outputs(model, processor, samples, media_cache(cfg), batch_size=batch_size,
+    return generate_outputs(model, processor, samples, media_cache(cfg, family), batch_size=batch_size,
                             max_new_tokens=max_new_tokens, suppress_ids=placeholder_ids(processor.tokenizer),
                             progress=progress, desc="generate")
 
@@ -28,6 +28,8 @@ def benchmark_outputs(benchmark: str, records: list, model: ModelConfig, data: d
                       batch_size: int = 16, max_new_tokens: int = 32, progress: bool = True) -> list[str]:
     """Greedy outputs of the checkpoint ``model.path`` for ``benchmark`` records, in order, prompted as the task
     that declares ``benchmark`` trains (its ``data:`` settings ``data``, e.g. ``{"answer_format": "point"}``)."""
+    family = model_family(model)
     with opened(task_for_benchmark(benchmark), data or {}) as (task, cfg):
-        samples = task.samples_from_records(records, cfg, load_context(model))
-    return greedy_outputs(model, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+        samples = task.samples_from_records(records, cfg, load_context(model, family))
+    return greedy_outputs(model, samples, family, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          progress=progress)

@@ -59,16 +59,18 @@ def image_size(record: GroundingRecord) -> tuple[int, int]:
 
 
 def coord_scale(
-    coords: str, size: tuple[int, int], min_pixels: int | None = None, max_pixels: int | None = None
+    coords: str, size: tuple[int, int], min_pixels: int | None = None, max_pixels: int | None = None,
+    factor: int = 28,
 ) -> tuple[float, float]:
-    """``(sx, sy)`` = original / answer-space size for an original image of ``size = (W, H)``."""
+    """``(sx, sy)`` = original / answer-space size for an original image of ``size = (W, H)``; ``resized`` is
+    ``smart_resize`` with the model family's ``factor`` (28 for Qwen2/2.5-VL, 32 for Qwen3-VL) and pixel budget."""
     if coords == "absolute":
         return 1.0, 1.0
     width, height = size
     if coords == "0-1000":
         return width / 1000, height / 1000
     budget = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-    seen_h, seen_w = smart_resize(height, width, **budget)
+    seen_h, seen_w = smart_resize(height, width, factor=factor, **budget)
     return width / seen_w, height / seen_h
 
 
@@ -150,13 +152,15 @@ def score_predictions(
     coords: str = "absolute",
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    factor: int = 28,
 ) -> dict[str, Any]:
     """Score raw outputs (``record id`` or ``(file, record id)`` -> model text) in the ``coords`` convention.
 
     Returns ``{"coords", "n", "correct", "accuracy", "wrong_format", "missing", "unmatched", "screenspot"?,
     "screenspot_pro"?, "details"}``; ``screenspot`` (v1/v2 table) and ``screenspot_pro`` appear when such
     records are present, and ``details`` lists ``{"id", "status", "point"}`` per record. ``min_pixels`` and
-    ``max_pixels`` matter only for ``resized`` (``None``: ``smart_resize``'s defaults).
+    ``max_pixels`` and the model family's resize ``factor`` matter only for ``resized`` (``None``: ``smart_resize``'s
+    defaults).
     """
     if coords not in COORDS:
         raise ValueError(f"unknown coords {coords!r}; valid: {', '.join(COORDS)}")
@@ -167,7 +171,7 @@ def score_predictions(
             return 1.0, 1.0
         if record.image not in sizes:
             sizes[record.image] = image_size(record)
-        return coord_scale(coords, sizes[record.image], min_pixels, max_pixels)
+        return coord_scale(coords, sizes[record.image], min_pixels, max_pixels, factor)
 
     aligned, unmatched = align_outputs(records, outputs)
     details = [
@@ -273,7 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--coords", choices=COORDS, default=None,
         help="coordinates of the outputs: original pixels, smart_resize'd pixels, or 0-1000 "
-        "(default: absolute for --predictions, resized for --model)",
+        "(default: absolute for --predictions; for --model, the convention of the model's family: resized for "
+        "Qwen2.5-VL, 0-1000 for Qwen2-VL, Qwen3-VL, Qwen3.5 and others)",
     )
     parser.add_argument("--images", help="folder img_filename is relative to (default: found beside --data)")
     parser.add_argument("--output", help="write the result JSON to this file")
@@ -286,14 +291,19 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         from mmrl.config import ModelConfig
         from mmrl.eval.generate import benchmark_outputs
+        from mmrl.models.families import family_name, model_type_of
+        from mmrl.plugins import MODEL_FAMILIES
 
         records = load_screenspot(args.data, args.images)
         defaults = ModelConfig()
         model = ModelConfig(path=args.model, min_pixels=args.min_pixels or defaults.min_pixels,
                             max_pixels=args.max_pixels or defaults.max_pixels)
+        family = family_name(model_type_of(args.model))
         texts = benchmark_outputs("screenspot", records, model)
         outputs = {(Path(r.source_file).name, r.id): text for r, text in zip(records, texts)}
-        result = score_predictions(records, outputs, args.coords or "resized", args.min_pixels, args.max_pixels)
+        coords = args.coords or MODEL_FAMILIES.capability(family, "coords")
+        result = score_predictions(records, outputs, coords, model.min_pixels, model.max_pixels,
+                                   MODEL_FAMILIES.capability(family, "factor"))
         if args.output is not None:
             write_json_atomic(args.output, result)
     else:

@@ -8,7 +8,7 @@ import torch
 
 from mmrl.config import ModelConfig
 from mmrl.errors import ConfigError
-from mmrl.models.families import unwrap
+from mmrl.models.families import family_name, model_type_of, unwrap
 from mmrl.models.tiny import VISION_PLACEHOLDERS, make_tiny
 from mmrl.store import build_once
 
@@ -23,6 +23,12 @@ def resolve_path(cfg: ModelConfig) -> str:
     folder = Path(cfg.cache_dir).expanduser() / "models" / f"tiny-{cfg.tiny_family}-{cfg.tiny_size}{theta}"
     build = partial(make_tiny, family=cfg.tiny_family, size=cfg.tiny_size, rope_theta=cfg.tiny_rope_theta)
     return str(build_once(folder, build, ("config.json", "processor_config.json")))
+
+
+def model_family(cfg: ModelConfig) -> str:
+    """The family adapter of ``cfg``'s checkpoint, without building or loading it: ``tiny_family`` for ``tiny``,
+    else the checkpoint config's ``model_type`` (``generic`` when no adapter serves it)."""
+    return family_name(cfg.tiny_family if cfg.path == "tiny" else model_type_of(cfg.path))
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -72,6 +78,17 @@ def _lora_targets(model, cfg: ModelConfig) -> list[str]:
     ]
 
 
+def check_image_text_to_text(path: str) -> None:
+    """``ConfigError`` naming the checkpoint's ``model_type`` when transformers has no image-text-to-text class for
+    it (a text-only LM, a detector, ...): mmrl trains vision-language models."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    model_type = model_type_of(path)
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ConfigError(f"model {path}: model type {model_type!r} is not an image-text-to-text model "
+                          "(AutoModelForImageTextToText has no class for it); mmrl trains vision-language models")
+
+
 def load_policy(cfg: ModelConfig):
     """Load model and processor; apply LoRA / freezing / gradient checkpointing as configured.
 
@@ -81,6 +98,7 @@ def load_policy(cfg: ModelConfig):
     from transformers import AutoModelForImageTextToText
 
     path = resolve_path(cfg)
+    check_image_text_to_text(path)
     kwargs = {"dtype": resolve_dtype(cfg.dtype)}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation

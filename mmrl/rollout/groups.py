@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mmrl.data import MediaCache
-from mmrl.rollout.hf import encode_answers, encode_prompts, generate, sanitize, token_distributions
+from mmrl.rollout.hf import encode_answers, generate, sanitize, token_distributions
 from mmrl.rollout.scoring import score
 from mmrl.rollout.shared import shared_generate, shared_token_distributions
 from mmrl.types import Group, Sample
@@ -96,13 +96,13 @@ class Rollouts:
             self.encodings = []
             for sl in slices(len(self), step):
                 firsts = self.samples[sl][::group]
-                enc = encode_prompts(processor, firsts, *media.inputs(firsts)).to(device)
+                enc = media.encode(processor, firsts).to(device)
                 self.encodings.append(Chunk(sl, enc, group))
         elif self.encodings is None or self.encodings[0].group_size != 1:
             self.encodings = []
             for sl in slices(len(self), size):
                 rows = self.samples[sl]
-                enc = encode_prompts(processor, rows, *media.inputs(rows)).to(device)
+                enc = media.encode(processor, rows).to(device)
                 self.encodings.append(Chunk(sl, enc, 1))
         return self.encodings
 
@@ -165,7 +165,7 @@ def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: li
     step = max(drawn, micro_batch_size // drawn * drawn) if shared else micro_batch_size
     for sl in slices(len(rows), step):
         firsts = rows[sl][::drawn] if shared else rows[sl]
-        enc = encode_prompts(processor, firsts, *media.inputs(firsts)).to(device)
+        enc = media.encode(processor, firsts).to(device)
         encodings.append(Chunk(sl, enc, drawn if shared else 1))
         if shared:
             outs.append(shared_generate(model, processor, enc, drawn, suppress_ids=suppress, **sampling))

@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from mmrl.errors import DataError
+from mmrl.plugins import MODEL_FAMILIES
 from mmrl.types import IMAGE_MARK, VIDEO_MARK, Sample
-from mmrl.vision import VideoClip, check_vision_tokens
+from mmrl.vision import VideoClip
 
 
 _MARK_RE = re.compile(f"({re.escape(IMAGE_MARK)}|{re.escape(VIDEO_MARK)})")
@@ -47,43 +48,35 @@ def chat_messages(sample: Sample, video_times: list[list[float] | None] | None =
     return [{"role": "user", "content": content}]
 
 
-def _video_inputs(processor, clip: VideoClip) -> tuple[list[VideoClip], list[float] | None]:
-    """The clips the processor gets for one video and, for a timestamped clip, the times its patches start at."""
-    if not clip.timestamped:
-        return [clip], None
-    chunks = clip.chunks(processor.video_processor.temporal_patch_size)
-    return chunks, [c.timestamps[0] for c in chunks]
-
-
 def encode_prompts(processor, samples: list[Sample], images: list[list[Image.Image]],
-                   videos: list[list[VideoClip]] | None = None):
+                   videos: list[list[VideoClip]] | None = None, *, family: str):
     """Chat-template and process a batch of prompts (left padding) with their already-resized images and videos
     (frames sampled and resized by ``mmrl.vision.load_video``; the processor neither resamples nor resizes them,
-    and gets each video's frame timestamps so Qwen2.5-VL's temporal rope positions are in absolute time; a
-    timestamped clip goes in as its temporal patches, each after its time as text).
+    and gets each video's frame timestamps so Qwen2.5-VL's temporal rope positions are in absolute time; how a
+    video reaches the processor is the model ``family``'s: ``video_inputs`` of its adapter).
 
     Before the model sees it, the batch is checked: a processor failure on a sample's vision inputs, or a prompt
-    whose vision placeholder tokens differ in number from its images'/videos' features, raises ``DataError``
-    naming the samples (instead of the model's "image features and image tokens do not match")."""
+    whose vision placeholder tokens differ in number from its images'/videos' features (the adapter's
+    ``check_vision_tokens``), raises ``DataError`` naming the samples (instead of the model's "image features and
+    image tokens do not match")."""
+    adapter = MODEL_FAMILIES.get(family)
     videos = videos or [[] for _ in samples]
-    per_video = [[_video_inputs(processor, clip) for clip in clips] for clips in videos]
+    per_video = [[adapter.video_inputs(processor, clip) for clip in clips] for clips in videos]
     texts = [processor.apply_chat_template(chat_messages(s, [times for _, times in sample_videos]),
                                            add_generation_prompt=True, tokenize=False)
              for s, sample_videos in zip(samples, per_video)]
-    flat_images = [img for imgs in images for img in imgs]
+    per_sample = [list(imgs) for imgs in images] if any(images) else None  # each processor takes nested lists
     clips = [clip for sample_videos in per_video for chunks, _ in sample_videos for clip in chunks]
-    video_kwargs = {}
+    kwargs = {"do_resize": False} if MODEL_FAMILIES.capability(family, "pre_resized") else {}
     if clips:
-        video_kwargs = dict(videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],
-                            do_sample_frames=False, do_resize=False, cap_pixels_per_frame=False)
+        kwargs.update(videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],
+                      do_sample_frames=False, do_resize=False, cap_pixels_per_frame=False)
     ids = ", ".join(s.id for s in samples)
     try:
-        batch = processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt", **video_kwargs)
+        batch = processor(text=texts, images=per_sample, padding=True, return_tensors="pt", **kwargs)
     except (ValueError, IndexError, RuntimeError) as e:
         raise DataError(f"samples {ids}: the processor rejected their vision inputs: {e}") from e
-    check_vision_tokens(batch["input_ids"], batch.get("image_grid_thw"), batch.get("video_grid_thw"),
-                        image_token_id=processor.image_token_id, video_token_id=processor.video_token_id,
-                        merge_size=processor.image_processor.merge_size, sample_ids=[s.id for s in samples])
+    adapter.check_vision_tokens(processor, batch, [s.id for s in samples])
     return batch
 
 

@@ -6,13 +6,16 @@ images and runs the whole prompt once per completion; here the vision encoder an
 prompt, with gradients flowing back through the repeated cache, so the policy, old-policy and reference passes
 all get cheaper by roughly the prompt/completion length ratio times G.
 
-Positions: Qwen2-VL/2.5-VL use multimodal rope (temporal, height, width ids). The prompt's ids come from the
-model's own ``get_rope_index``; every completion token is text after the prompt's last (text) token, so its
-three ids are all ``last + 1 + t``, exactly what the full-sequence path computes.
+Positions: the Qwen families use multimodal rope (temporal, height, width ids). The prompt's ids come from the
+family adapter (``rope_positions``: the model's own ``get_rope_index``); every completion token is text after the
+prompt's last (text) token, so its three ids are all ``last + 1 + t``, exactly what the full-sequence path
+computes. The cache holds whatever the prefill left per layer (keys and values; Qwen3.5's linear-attention conv
+and recurrent states too); ``repeat_cache`` repeats all of it.
 """
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 from mmrl.models.families import family_of, unwrap
 from mmrl.plugins import MODEL_FAMILIES
@@ -42,12 +45,28 @@ def _repeat_visual(pixels: torch.Tensor, grid: torch.Tensor, input_ids: torch.Te
 
 def unsupported_reason(model) -> str | None:
     """Why the shared prefix cannot be used with ``model`` (None when it can)."""
-    family = family_of(model)
+    family, model_type = family_of(model), unwrap(model).config.model_type
     if not MODEL_FAMILIES.capability(family, "shared_prefix"):
-        return f"model type {unwrap(model).config.model_type!r} has no shared-prefix adapter"
-    if unwrap(model).is_gradient_checkpointing:
+        return f"model type {model_type!r} runs as family {family!r}, which has no shared-prefix support"
+    if unwrap(model).is_activation_checkpointing:
         return "gradient checkpointing turns the KV cache off"
     return None
+
+
+def repeat_cache(cache, prompts: int, group_size: int) -> None:
+    """Repeat each of the ``prompts`` rows of ``cache`` ``group_size`` times in place (row ``p`` becomes rows
+    ``p*G .. p*G+G-1``), differentiably.
+
+    ``reorder_cache`` with index ``[0]*G + [1]*G + ...`` selects the key/value tensors of attention layers and the
+    conv and recurrent states of linear-attention layers (Qwen3.5's gated delta rule) alike; transformers 5.24's
+    ``batch_repeat_interleave`` has no linear-attention support. A linear-attention layer reads its recurrent state,
+    then copies the new one into that same tensor (a static address for CUDA graphs), which autograd rejects
+    ("modified by an inplace operation"): marked uninitialised, the layer writes its next state into a fresh
+    tensor and the repeated one, still read as the previous state, stays as backward needs it."""
+    cache.reorder_cache(torch.arange(prompts).repeat_interleave(group_size))
+    for layer in cache.layers:
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            layer.is_recurrent_states_initialized = dict.fromkeys(layer.is_recurrent_states_initialized, False)
 
 
 def prompt_positions(model, batch) -> torch.Tensor:
@@ -69,15 +88,15 @@ def shared_token_distributions(model, batch, ids: torch.Tensor, mask: torch.Tens
     first = prefill.logits[:, -1:].repeat_interleave(group_size, dim=0)  # predicts completion token 0
     if ids.shape[1] == 1:
         return torch.log_softmax(first.float() / temperature, dim=-1)
-    cache = prefill.past_key_values
-    cache.batch_repeat_interleave(group_size)
+    cache = prefill.cache
+    repeat_cache(cache, positions.shape[1], group_size)
     steps = torch.arange(1, ids.shape[1], device=device)
     last = positions[:, :, -1:].repeat_interleave(group_size, dim=1)
     rest = model(
         input_ids=ids[:, :-1],
         attention_mask=torch.cat([batch["attention_mask"].repeat_interleave(group_size, dim=0), mask[:, :-1]], dim=1),
         position_ids=last + steps,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     ).logits
     logits = torch.cat([first, rest], dim=1)
@@ -111,8 +130,8 @@ def shared_generate(model, processor, batch, group_size: int, *, max_new_tokens:
     tok = processor.tokenizer
     positions = prompt_positions(model, batch)
     out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(group_size)
+    cache = out.cache
+    repeat_cache(cache, positions.shape[1], group_size)
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)
     attention = batch["attention_mask"].repeat_interleave(group_size, dim=0)
     last = positions[:, :, -1:].repeat_interleave(group_size, dim=1)
@@ -132,5 +151,5 @@ def shared_generate(model, processor, batch, group_size: int, *, max_new_tokens:
             break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last + t + 1,
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       cache=cache, use_cache=True).logits[:, -1]
     return finish_completions(tok, torch.stack(tokens, dim=1).cpu())

@@ -417,8 +417,17 @@ def test_arguments_are_validated():
         _parse(["--data", "d", "--predictions", "p", "--model", "m"])
 
 
-def test_run_with_model_generates_with_the_benchmarks_task(monkeypatch, capsys):
+@pytest.mark.parametrize(("model_type", "expected"), [
+    # vscode 2560x1600 is seen as 1260x784 under 1e6 pixels, so (10, 10) -> (20.3, 20.4), inside only
+    # vscode_macos_1's box [0, 0, 64, 40]; photoshop (14.6, 14.8) hits none
+    ("qwen2_5_vl", "overall (resized coords): 16.7 (1/6)"),
+    # (10, 10) in 0-1000 of 2560x1600 is (25.6, 16), inside vscode_macos_1's box too
+    ("qwen3_vl", "overall (0-1000 coords): 16.7 (1/6)"),
+])
+def test_run_with_model_generates_with_the_benchmarks_task(monkeypatch, capsys, tmp_path, model_type, expected):
+    """The generation is the task's (mocked here: no model runs); the default coordinates are the family's."""
     calls = []
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
 
     def benchmark_outputs(benchmark, records, model, data=None, **_):
         calls.append((benchmark, model.path, len(records), model.min_pixels, model.max_pixels))
@@ -427,11 +436,9 @@ def test_run_with_model_generates_with_the_benchmarks_task(monkeypatch, capsys):
     fake = types.ModuleType("mmrl.eval.generate")
     fake.benchmark_outputs = benchmark_outputs
     monkeypatch.setitem(sys.modules, "mmrl.eval.generate", fake)
-    assert run(_parse(["--data", str(PRO), "--model", "ckpt", "--max-pixels", "1000000"])) == 0
-    assert calls == [("screenspot", "ckpt", 6, ModelConfig().min_pixels, 1000000)]
-    # --model defaults to resized coords: vscode 2560x1600 is seen as 1260x784 under 1e6 pixels, so (10, 10) ->
-    # (20.3, 20.4), inside only vscode_macos_1's box [0, 0, 64, 40]; photoshop (14.6, 14.8) hits none
-    assert "overall (resized coords): 16.7 (1/6)" in capsys.readouterr().out
+    assert run(_parse(["--data", str(PRO), "--model", str(tmp_path), "--max-pixels", "1000000"])) == 0
+    assert calls == [("screenspot", str(tmp_path), 6, ModelConfig().min_pixels, 1000000)]
+    assert expected in capsys.readouterr().out
 
 
 def test_predictions_for_unknown_records_are_counted_as_unmatched(tmp_path):

@@ -40,7 +40,7 @@ def prompts(processor, texts):
     """A batch of one-image prompts; different texts give different prompt lengths (left padding)."""
     samples = [Sample(id=str(i), prompt=text, images=[f"img{i}.png"]) for i, text in enumerate(texts)]
     images = [[Image.new("RGB", (112, 112), (40 * i % 256, 200 - 30 * i, 90))] for i in range(len(texts))]
-    return samples, images, encode_prompts(processor, samples, images)
+    return samples, images, encode_prompts(processor, samples, images, family="qwen2_5_vl")
 
 
 # ---------------------------------------------------------------- completion_mask
@@ -102,7 +102,7 @@ def test_sanitize_without_forbidden_ids_is_identity():
 
 def reference_logprobs(model, processor, sample, image, completion, temperature=1.0):
     """log p(y_t | prompt, y_<t) of one unpadded row from a plain full forward over prompt + completion."""
-    one = encode_prompts(processor, [sample], [[image]])
+    one = encode_prompts(processor, [sample], [[image]], family="qwen2_5_vl")
     n_prompt = one["input_ids"].shape[1]
     full = torch.cat([one["input_ids"], completion[None]], dim=1)
     inputs = dict(one, input_ids=full, attention_mask=torch.ones_like(full))
@@ -260,7 +260,7 @@ def test_encode_prompts_names_the_sample_whose_vision_tokens_do_not_match(proces
     image = [Image.new("RGB", (56, 56))]
     bad = Sample("screen-7", "click <|video_pad|> here", images=["x.png"])  # a placeholder but no video
     with pytest.raises(DataError, match="screen-7"):
-        encode_prompts(processor, [Sample("ok", "click"), bad], [image, image])
+        encode_prompts(processor, [Sample("ok", "click"), bad], [image, image], family="qwen2_5_vl")
 
 
 def test_timestamped_video_becomes_patches_after_their_times(processor):
@@ -274,8 +274,9 @@ def test_timestamped_video_becomes_patches_after_their_times(processor):
     frames = torch.randint(0, 255, (4, 3, 56, 56), dtype=torch.uint8)
     times = [0.0, 0.5, 1.0, 1.5]
     sample = Sample("v", "when?", videos=["v.mp4"])
-    plain = encode_prompts(processor, [sample], [[]], [[VideoClip(frames, times, 2.0, info)]])
-    stamped = encode_prompts(processor, [sample], [[]], [[VideoClip(frames, times, 2.0, info, timestamped=True)]])
+    plain = encode_prompts(processor, [sample], [[]], [[VideoClip(frames, times, 2.0, info)]], family="qwen2_5_vl")
+    stamped = encode_prompts(processor, [sample], [[]], [[VideoClip(frames, times, 2.0, info, timestamped=True)]],
+                             family="qwen2_5_vl")
     assert plain["video_grid_thw"].tolist() == [[2, 4, 4]] and stamped["video_grid_thw"].tolist() == [[1, 4, 4]] * 2
     # 2 frames per temporal patch at 2 sampled frames a second: 1 s per patch either way
     assert plain["second_per_grid_ts"].tolist() == stamped["second_per_grid_ts"].tolist()[:1] == [1.0]

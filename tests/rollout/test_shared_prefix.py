@@ -45,7 +45,7 @@ def image_batch(processor):
                for i in range(3)]
     rng = np.random.default_rng(0)
     images = [[Image.fromarray(rng.integers(0, 255, (56 * (1 + i % 2), 56, 3), dtype=np.uint8))] for i in range(3)]
-    return encode_prompts(processor, samples, images)
+    return encode_prompts(processor, samples, images, family="qwen2_5_vl")
 
 
 def video_batch(processor):

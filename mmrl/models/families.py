@@ -116,9 +116,7 @@ class Qwen3VL:
     prompt's vision tokens, all inside the prefill; Qwen3.5's linear-attention conv and recurrent states are
     repeated with the KV cache (``rollout.shared.repeat_cache``)."""
 
-    @staticmethod
-    def video_inputs(processor, clip: VideoClip) -> tuple[list[VideoClip], list[float] | None]:
-        return [clip], None
+    video_inputs = Generic.video_inputs  # one clip: the processor writes the times itself
 
     @staticmethod
     def check_vision_tokens(processor, batch, sample_ids: list[str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -58,10 +59,10 @@ def select_rewards(task_rewards: dict[str, Callable], weights: dict[str, float],
     return selected
 
 
-def call_reward(name: str, fn: Callable, completions: list[str], fields: dict[str, list],
-                timeout: float | None) -> tuple[list[float], list[bool]]:
-    """``fn(completions, **fields)`` as ``(values, failed)`` per completion; never raises."""
-    n = len(completions)
+def start_reward(name: str, fn: Callable, completions: list[str],
+                 fields: dict[str, list]) -> tuple[threading.Thread, dict[str, Any]]:
+    """``fn(completions, **fields)`` started in a daemon thread (one a hung reward cannot keep alive at exit); the
+    dict receives ``values`` or ``error``."""
     result: dict[str, Any] = {}
 
     def run() -> None:
@@ -72,7 +73,14 @@ def call_reward(name: str, fn: Callable, completions: list[str], fields: dict[st
 
     worker = threading.Thread(target=run, name=f"reward-{name}", daemon=True)
     worker.start()
-    worker.join(timeout)
+    return worker, result
+
+
+def finish_reward(name: str, worker: threading.Thread, result: dict[str, Any], n: int, timeout: float | None,
+                  started: float) -> tuple[list[float], list[bool]]:
+    """The reward started at ``started`` (``time.monotonic()``) as ``(values, failed)`` for its ``n`` completions,
+    waiting at most until ``timeout`` seconds after its start (None: no limit); never raises."""
+    worker.join(None if timeout is None else max(0.0, started + timeout - time.monotonic()))
     if worker.is_alive():
         return _failed(name, n, f"no answer within {timeout:g} s")
     if "error" in result:
@@ -92,6 +100,13 @@ def call_reward(name: str, fn: Callable, completions: list[str], fields: dict[st
     if any(failed):
         _warn(name, f"{sum(failed)} non-finite or non-numeric values")
     return out, failed
+
+
+def call_reward(name: str, fn: Callable, completions: list[str], fields: dict[str, list],
+                timeout: float | None) -> tuple[list[float], list[bool]]:
+    """``fn(completions, **fields)`` as ``(values, failed)`` per completion, within ``timeout``; never raises."""
+    started = time.monotonic()
+    return finish_reward(name, *start_reward(name, fn, completions, fields), len(completions), timeout, started)
 
 
 def _finite(value: Any) -> float | None:
@@ -120,13 +135,9 @@ def score(rewards: dict[str, tuple[Callable, float]], completions: list[str], sa
     run concurrently, each called once on the whole batch."""
     keys = {k for s in samples for k in s.fields}
     fields = {k: [s.fields.get(k) for s in samples] for k in keys}
-    results: dict[str, tuple[list[float], list[bool]]] = {}
-    threads = [threading.Thread(target=lambda n=name, f=fn: results.__setitem__(
-        n, call_reward(n, f, completions, fields, timeout))) for name, (fn, _) in rewards.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    started = time.monotonic()
+    running = {name: start_reward(name, fn, completions, fields) for name, (fn, _) in rewards.items()}
+    results = {name: finish_reward(name, *running[name], len(completions), timeout, started) for name in rewards}
     components = {name: torch.tensor(results[name][0], dtype=torch.float64) for name in rewards}
     failures = {name: torch.tensor(results[name][1], dtype=torch.float64) for name in rewards}
     total = sum((w * components[name] for name, (_, w) in rewards.items()),

@@ -73,7 +73,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmrl.eval import charades, screenspot
+    from mmrl.eval import charades, detection, screenspot
 
     parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("charades", help="Charades-STA temporal grounding: R1@0.3/0.5/0.7 and mIoU")
     charades.add_arguments(p)
     p.set_defaults(func=charades.run)
+    p = ev.add_parser("detection", help="COCO detection: mAP (pycocotools), precision/recall/F1 at IoU 0.5")
+    detection.add_detection_arguments(p)
+    p.set_defaults(func=detection.run_detection)
+    p = ev.add_parser("rec", help="referring-expression comprehension: acc@0.5 (IoU > 0.5) and mIoU")
+    detection.add_rec_arguments(p)
+    p.set_defaults(func=detection.run_rec)
     return parser
 
 

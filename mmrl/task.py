@@ -65,9 +65,10 @@ class Task:
     def close(self) -> None:
         """Release what ``open`` started (default: nothing). Called once, also after an error."""
 
-    def aggregate(self, scores: list[dict[str, float]], samples: list[Sample]) -> dict[str, float]:
-        """Dataset-level metrics from the per-sample ``score`` results (default: the mean of each number, and
-        ``n``). Override for metrics that are not means, such as COCO mAP."""
+    def aggregate(self, scores: list[dict[str, float]], samples: list[Sample], outputs: list[str]) -> dict[str, float]:
+        """Dataset-level metrics from the per-sample ``score`` results, the samples and the raw ``outputs`` they
+        grade (default: the mean of each number, and ``n``). Override for metrics that are not means, such as COCO
+        mAP, which ranks every detection of the dataset by confidence."""
         totals: dict[str, float] = {}
         for row in scores:
             for key, value in row.items():
@@ -106,4 +107,4 @@ def task_for_benchmark(benchmark: str) -> str:
 
 def score_outputs(task: Task, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
     """The task's dataset-level metrics of ``outputs`` (one completion per sample): ``aggregate`` of ``score``."""
-    return task.aggregate([task.score(text, sample) for sample, text in zip(samples, outputs)], samples)
+    return task.aggregate([task.score(text, sample) for sample, text in zip(samples, outputs)], samples, outputs)

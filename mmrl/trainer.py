@@ -86,8 +86,9 @@ def kl_penalty(policy, ref_model, ro: Rollouts, chunks, g: GRPOConfig, algo: Alg
 
 
 def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig, algo: Algorithm,
-            suppress, accelerator, shared: bool, reward_timeout: float | None) -> Rollouts:
-    """Draw this step's prompts (this rank's share) and sample, score and filter their groups.
+            suppress, accelerator, shared: bool, reward_timeout: float | None, step: int) -> Rollouts:
+    """Draw this step's prompts (this rank's share) and sample, score and filter their groups. Reward functions
+    receive the 0-based RL ``step`` and ``total_steps`` as fields.
 
     ``rollout: reinforce_ada`` samples adaptively per prompt; ``dynamic_sampling: refill`` draws further prompts
     while too few groups have varied rewards (the decision is taken over all ranks, so they stay in step).
@@ -95,7 +96,8 @@ def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig
     world, rank = accelerator.num_processes, accelerator.process_index
     sampling = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                     micro_batch_size=g.micro_batch_size, suppress=suppress, device=accelerator.device, shared=shared,
-                    answer_slot=g.ground_truth_slot, reward_timeout=reward_timeout)
+                    answer_slot=g.ground_truth_slot, reward_timeout=reward_timeout,
+                    step_info={"step": step, "total_steps": g.steps})
 
     drawn: list[int] = []  # this rank's dataset indices; group id k is drawn[k]
 
@@ -301,7 +303,7 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
         policy = accelerator.unwrap_model(model)
         policy.eval()
         ro = collect(policy, processor, prompts, train_set, media, rewards, g, algo, suppress, accelerator, shared,
-                     cfg.reward_timeout)
+                     cfg.reward_timeout, step)
         policy.train()
         components = dict(ro.components)
         if g.beta > 0 and g.kl_in == "reward":

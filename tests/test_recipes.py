@@ -60,7 +60,9 @@ def test_the_recipes_are_found():
     names = {str(p.relative_to(REPO / "configs")) for p in RECIPES}
     assert {"gui_grounding/qwen2_5_vl_3b.yaml", "gui_grounding/qwen2_5_vl_3b_full.yaml",
             "gui_grounding/qwen3_vl_4b.yaml", "temporal_grounding/qwen2_5_vl_3b.yaml",
-            "temporal_grounding/qwen2_5_vl_7b.yaml", "temporal_grounding/qwen3_vl_8b.yaml"} <= names
+            "temporal_grounding/qwen2_5_vl_7b.yaml", "temporal_grounding/qwen3_vl_8b.yaml",
+            "detection/qwen2_5_vl_3b.yaml", "detection/qwen3_vl_4b.yaml", "rec/qwen2_5_vl_3b.yaml",
+            "rec/qwen3_vl_4b.yaml"} <= names
     assert set(family for _, family in FAMILY_OF_CHECKPOINT) <= set(FAMILIES)
 
 

@@ -9,6 +9,9 @@ A renderer is ``fn(view, group, sample, settings) -> PIL.Image | None``, registe
   the predicted point (or box) in red, mapped back to original pixels with the sample's ``scale``;
 - ``video``: a strip of frames with their timestamps over a timeline bar of the whole video, ground
   truth in green and the predicted segment in red;
+- ``detection``: the image with every ground-truth box in green and every predicted box in red, each with its
+  label; a prediction's caption adds the IoU of its Vision-R1 Hungarian match (``rewards.detection``), or says
+  it is unmatched (REC: the first box, the one ``rec_iou_reward`` scores, against the target);
 - ``diffusion``: the prompt group's images in a grid, each with its total reward, best framed green, worst red and
   the selected sample blue;
 - ``plain``: the record's first image, if any (the text panels carry the rest).
@@ -18,6 +21,8 @@ message for the UI when a file is refused, missing or unreadable; model output i
 """
 from __future__ import annotations
 
+import math
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +32,8 @@ from mmrl.demo.runs import RefusedPath, RunView, Sample
 from mmrl.errors import DataError
 from mmrl.plugins import RENDERERS, TASKS
 from mmrl.vision import load_image
-from rewards.gui import box_geometry, gaussian_variances, to_original
+from rewards.detection import Detection, hungarian_match, parse_detections, parse_single_box
+from rewards.gui import box_geometry, box_iou, gaussian_variances, to_original
 from rewards.parsing import parse_box, parse_point
 from rewards.temporal import parse_interval
 
@@ -120,6 +126,154 @@ def render_gui(view: RunView, group: dict, sample: Sample, settings: dict) -> Im
         draw.ellipse([x - r, y - r, x + r, y + r], outline=RED, width=width)
         draw.line([x - 2 * r, y, x + 2 * r, y], fill=RED, width=width)
         draw.line([x, y - 2 * r, x, y + 2 * r], fill=RED, width=width)
+    return image
+
+
+NOT_EQUAL = "\u2260"
+"""The "labels differ" mark of a caption (``label ≠``)."""
+
+
+def _finite_box(value) -> list[float] | None:
+    """``value`` as ``[x1, y1, x2, y2]`` floats with the corners ordered, or ``None`` if it is not four finite
+    numbers (records are read back from JSON and may be anything)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        return None
+    x1, y1, x2, y2 = (float(v) for v in value)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None
+    return [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
+
+
+def ground_truth(fields: dict) -> tuple[list[list[float]], list[str]]:
+    """The record's ground-truth boxes (original pixels) and their labels, aligned; malformed boxes are left out
+    and a missing label is ``""``. REC records without ``gt_boxes`` fall back to ``gt_box``."""
+    boxes = fields.get("gt_boxes")
+    if not isinstance(boxes, list):
+        boxes = [fields.get("gt_box")] if fields.get("gt_box") is not None else []
+    labels = fields.get("gt_labels") if isinstance(fields.get("gt_labels"), list) else []
+    kept = [(box, str(labels[i]) if i < len(labels) else "")
+            for i, box in ((i, _finite_box(b)) for i, b in enumerate(boxes)) if box is not None]
+    return [b for b, _ in kept], [label for _, label in kept]
+
+
+def predicted_detections(completion: str | None, scale, rec: bool = False) -> list[Detection]:
+    """The detections of ``completion`` with boxes in original pixels (``parse_detections``; for REC, when it finds
+    nothing, the bare box of ``parse_single_box`` with an empty label). ``[]`` for unparsable output; a malformed
+    ``scale`` raises ``ValueError``."""
+    found, _ = parse_detections(completion)
+    if not found and rec:
+        box = parse_single_box(completion)
+        found = [Detection(tuple(box), "")] if box is not None else []
+    try:
+        return [Detection(tuple(to_original(d.box, scale)), d.label, d.score) for d in found]
+    except TypeError as exc:  # a scale that is not two numbers
+        raise ValueError(f"scale must be two positive finite numbers, got {scale!r}") from exc
+
+
+def detection_captions(pred: list[Detection], gt_boxes: list[list[float]], gt_labels: list[str],
+                       rec: bool = False) -> list[str]:
+    """One caption per prediction: ``"<label> IoU 0.62"`` for a prediction of Vision-R1's Hungarian matching
+    (``hungarian_match``; IoU ``box_iou`` in original pixels), with ``" label ≠"`` when the pair's labels differ,
+    and ``"<label> unmatched"`` otherwise. With ``rec`` the first prediction is paired with the single target, as
+    ``rec_iou_reward`` scores it, and labels are not compared (the expression is not a category). Model labels are
+    cleaned for drawing (one line, at most 40 characters)."""
+    if rec:
+        pairs = [(0, 0)] if pred and gt_boxes else []
+    else:
+        pairs = hungarian_match(pred, gt_boxes, gt_labels)
+    partner = dict(pairs)
+    captions = []
+    for i, p in enumerate(pred):
+        name = f"{_printable(p.label)} " if p.label.strip() else ""
+        if i not in partner:
+            captions.append(f"{name}unmatched")
+            continue
+        j = partner[i]
+        iou = box_iou(p.box, gt_boxes[j])
+        iou = iou if math.isfinite(iou) else 0.0
+        differs = not rec and p.label != gt_labels[j]
+        captions.append(f"{name}IoU {iou:.2f}" + (f" label {NOT_EQUAL}" if differs else ""))
+    return captions
+
+
+def _clipped(box, k: float, width: int, height: int) -> list[float]:
+    """``box`` (original pixels) in the ``k``-times enlarged picture, clipped to its ``width`` x ``height``: a box
+    far outside the image is drawn along the nearest border."""
+    x1, y1, x2, y2 = (float(v) * k for v in box)
+    clamp = lambda v, hi: min(max(v, 0.0), hi - 1.0)  # noqa: E731  (inf clamps too; NaN never reaches here)
+    x1, x2 = sorted((clamp(x1, width), clamp(x2, width)))
+    y1, y2 = sorted((clamp(y1, height), clamp(y2, height)))
+    return [x1, y1, x2, y2]
+
+
+@lru_cache(maxsize=8)
+def _caption_font(size: int) -> tuple[ImageFont.ImageFont, bool]:
+    """A bold font for the captions and whether it draws ``≠``: DejaVu Sans Bold where the system has it (Debian's
+    ``fonts-dejavu-core``), else Pillow's default font, which lacks the glyph."""
+    try:
+        return ImageFont.truetype("DejaVuSans-Bold.ttf", size), True
+    except OSError:
+        return _font(size), False
+
+
+def _printable(text: str, limit: int = 40) -> str:
+    """Model text made safe to draw on one line: whitespace runs (newlines included) become one space, control
+    characters go, and the result is cut to ``limit`` characters."""
+    text = " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def _caption(draw: ImageDraw.ImageDraw, font, text: str, anchor: tuple[float, float], below: bool,
+             color, size: tuple[int, int]) -> None:
+    """``text`` in white on a ``color`` tag just above (or ``below``) ``anchor``, kept inside the picture."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    w, h, pad = right - left, bottom - top, 2
+    x = min(max(anchor[0], 0), max(0, size[0] - w - 2 * pad))
+    y = anchor[1] + 1 if below else anchor[1] - h - 2 * pad - 1
+    y = min(max(y, 0), max(0, size[1] - h - 2 * pad))
+    draw.rectangle([x, y, x + w + 2 * pad, y + h + 2 * pad], fill=color)
+    draw.text((x + pad - left, y + pad - top), text, fill="white", font=font)
+
+
+@RENDERERS.register("detection",
+                    legend="green: ground-truth boxes and labels · red: predicted boxes, each with its label and the "
+                           "IoU of its Hungarian match (Vision-R1; REC: the first box against the target), "
+                           "\"unmatched\", or \"label \u2260\" when the matched labels differ")
+def render_detection(view: RunView, group: dict, sample: Sample, settings: dict) -> Image.Image:
+    names = view.media(group, "images")
+    if not names:
+        raise RenderError("this record names no image")
+    image, k = enlarge(open_image(view, names[0]))
+    fields = group.get("fields") if isinstance(group.get("fields"), dict) else {}
+    rec = "gt_box" in fields
+    gt_boxes, gt_labels = ground_truth(fields)
+    note = None
+    try:
+        pred = predicted_detections(sample.completion, fields.get("scale") or [1.0, 1.0], rec)
+    except ValueError:  # a malformed scale in the record
+        pred, note = [], "bad scale in the record: no boxes drawn"
+    pred = [p for p in pred if all(math.isfinite(v) for v in p.box)]
+    captions = detection_captions(pred, gt_boxes, gt_labels, rec)
+    if note is None and not pred:
+        note = "no boxes parsed"
+    draw = ImageDraw.Draw(image)
+    size = image.size
+    line = max(2, round(k / 2), round(min(size) / 400))
+    font, has_not_equal = _caption_font(max(14, round(min(size) / 32)))
+    for box, label in zip(gt_boxes, gt_labels):
+        corners = _clipped(box, k, *size)
+        draw.rectangle(corners, outline=GREEN, width=line)
+        if label:
+            _caption(draw, font, _printable(label), (corners[0], corners[1]), False, GREEN, size)
+    for p, text in zip(pred, captions):
+        corners = _clipped(p.box, k, *size)
+        draw.rectangle(corners, outline=RED, width=line)
+        text = text if has_not_equal else text.replace(NOT_EQUAL, "!=")
+        _caption(draw, font, text, (corners[0], corners[3]), True, RED, size)
+    if note is not None:
+        _caption(draw, font, note, (0, size[1]), False, (40, 40, 40), size)
     return image
 
 
@@ -235,6 +389,8 @@ def renderer_for(kind: str, group: dict) -> str:
     fields = group.get("fields") or {}
     if kind == "diffusion" or group.get("kind") == "diffusion":
         return "diffusion"
+    if "gt_boxes" in fields:
+        return "detection"
     if "gt_box" in fields:
         return "gui"
     if "gt_interval" in fields:

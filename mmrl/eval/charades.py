@@ -6,16 +6,25 @@ Annotations: one query per line, ``VIDEO_ID START END##sentence`` (seconds), e.g
 lines are skipped but keep their number), so ids stay stable when lines are skipped. Predictions are JSON lines
 ``{"id": N, "output": "raw model text"}``.
 
-Scoring: ``rewards.temporal.parse_interval`` (the parser the training rewards use), then
-``rewards.temporal.answer_iou``: the answer is clamped into ``[0, video duration]`` and a reversed one scores 0.
+Scoring: ``rewards.temporal.parse_interval`` (the parser the training rewards use), then the temporal IoU with
+the annotated moment; a reversed answer (start > end) scores 0. How the answer is clamped depends on whether the
+videos are given:
+
+* with ``--videos``: ``rewards.temporal.answer_iou``, as the training reward: the answer is clamped into
+  ``[0, video duration]`` (durations from the video files);
+* without ``--videos`` (scoring ``--predictions`` needs no media): the parsed interval is scored as written, with
+  NO clamping at all, not even at 0 (``rewards.temporal.temporal_iou``), so an answer reaching past either end
+  of the video scores lower than it would with the videos. ``clamped`` in the result says which applied.
+
 An unparsable output and a missing output count as IoU 0 (counted in ``unparsable`` and ``missing``).
 Metrics over all ``n`` queries: ``r1@0.3``, ``r1@0.5``, ``r1@0.7``, the fraction whose (single, top-1) answer has
 IoU >= the threshold, and ``miou``, the mean IoU; all in [0, 1], 0 when there are no queries.
 
 Videos are ``VIDEO_DIR/VIDEO_ID.EXT`` (``VIDEO_EXTENSIONS``, lower or upper case); durations come from
-``mmrl.vision.probe_video``, once per video. With ``--skip-bad-samples``, malformed annotation lines and the
-queries of missing or unreadable videos are left out of ``n`` and counted in ``skipped_lines`` and
-``skipped_queries``; without it they are errors.
+``mmrl.vision.probe_video``, once per video. ``--videos`` is required with ``--model`` and optional with
+``--predictions``. With ``--skip-bad-samples``, malformed annotation lines and the queries of missing or
+unreadable videos are left out of ``n`` and counted in ``skipped_lines`` and ``skipped_queries``; without it they
+are errors.
 """
 from __future__ import annotations
 
@@ -25,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmrl.errors import DataError
+from mmrl.errors import ConfigError, DataError
 from mmrl.eval import predictions
+from mmrl.eval.records import read_lines
 from mmrl.store import write_json_atomic
 from mmrl.vision import VideoInfo, probe_video
-from rewards.temporal import answer_iou, parse_interval
+from rewards.temporal import answer_iou, parse_interval, temporal_iou
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
@@ -49,16 +59,6 @@ class CharadesRecord:
     source_file: str
     line: int
     """1-based line number, for messages."""
-
-
-def _read_lines(path: Path, what: str) -> list[str]:
-    """The lines of a UTF-8 text file (split at ``\\n`` only, so numbers match an editor's)."""
-    if not path.is_file():
-        raise DataError(f"{what} file not found: {path}")
-    try:
-        return path.read_text(encoding="utf-8-sig").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
 
 
 def _parse_record(path: Path, index: int, text: str) -> CharadesRecord:
@@ -95,7 +95,7 @@ def load_annotations(path: str | Path, skip_bad: bool = False) -> tuple[list[Cha
     path = Path(path)
     records: list[CharadesRecord] = []
     skipped = 0
-    for index, line in enumerate(_read_lines(path, "annotation")):
+    for index, line in enumerate(read_lines(path, "annotation")):
         if not line.strip():
             continue
         try:
@@ -152,11 +152,24 @@ def charades_metrics(ious: list[float]) -> dict[str, Any]:
     return metrics
 
 
+def interval_iou(interval: tuple[float, float] | None, record: CharadesRecord, duration: float | None) -> float:
+    """IoU of a parsed answer (``None``: 0) with the record's moment: clamped into ``[0, duration]`` as the
+    training reward does (``answer_iou``) when the video's ``duration`` is known, scored as written (no clamping
+    at all) when it is ``None``; a reversed answer scores 0 either way."""
+    if interval is None:
+        return 0.0
+    if duration is None:
+        return temporal_iou(interval, (record.start, record.end))
+    return answer_iou(interval, (record.start, record.end), duration)
+
+
 def score_predictions(
-    records: list[CharadesRecord], outputs: dict[int, str], durations: dict[int, float]
+    records: list[CharadesRecord], outputs: dict[int, str], durations: dict[int, float] | None = None
 ) -> dict[str, Any]:
     """``charades_metrics`` of the raw ``outputs`` (record id -> model text) plus the ``unparsable`` and
-    ``missing`` counts. Answers are clamped into the record's video duration (below at 0 only if unknown)."""
+    ``missing`` counts. Answers are clamped into the record's video duration (``durations``: record id ->
+    seconds); a record without one (all of them when ``durations`` is ``None``) is scored unclamped."""
+    durations = durations or {}
     ious: list[float] = []
     unparsable = missing = 0
     for record in records:
@@ -164,7 +177,7 @@ def score_predictions(
         interval = None if output is None else parse_interval(output)
         missing += output is None
         unparsable += output is not None and interval is None
-        ious.append(answer_iou(interval, (record.start, record.end), durations.get(record.id)))
+        ious.append(interval_iou(interval, record, durations.get(record.id)))
     return {**charades_metrics(ious), "unparsable": unparsable, "missing": missing}
 
 
@@ -193,7 +206,13 @@ def format_table(result: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mmrl eval charades``."""
     parser.add_argument("--annotations", required=True, help="Charades-STA file of 'VIDEO_ID START END##sentence'")
-    parser.add_argument("--videos", required=True, help="folder of VIDEO_ID.mp4 (or .avi, .mkv, .webm, .mov, .m4v)")
+    parser.add_argument(
+        "--videos",
+        help="folder of VIDEO_ID.mp4 (or .avi, .mkv, .webm, .mov, .m4v); required with --model. With "
+             "--predictions it is optional: given, answers are clamped into [0, video duration] as in training; "
+             "left out, no video is opened and the parsed intervals are scored as written, with no clamping "
+             "at all (not even at 0)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help='JSONL of {"id": 0-based annotation line, "output": raw model text}')
     source.add_argument("--model", help="checkpoint to generate the outputs with")
@@ -222,8 +241,13 @@ def video_budget(overrides: list[str]):
 
 def run(args: argparse.Namespace) -> int:
     """Score ``--predictions`` (or outputs generated by ``--model``), print the table, return 0."""
+    if args.model is not None and args.videos is None:
+        raise ConfigError("--videos is required with --model (the videos are the model's input)")
     records, skipped_lines = load_annotations(args.annotations, skip_bad=args.skip_bad_samples)
-    kept, videos = resolve_videos(records, args.videos, skip_bad=args.skip_bad_samples)
+    if args.videos is None:  # --predictions only: no media, no durations, no clamping
+        kept, videos = records, {}
+    else:
+        kept, videos = resolve_videos(records, args.videos, skip_bad=args.skip_bad_samples)
     if args.model is not None:
         from mmrl.config import ModelConfig
         from mmrl.eval.generate import benchmark_outputs
@@ -235,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         outputs = read_predictions(args.predictions)
     result = score_predictions(kept, outputs, {i: info.duration for i, info in videos.items()})
-    result.update(skipped_lines=skipped_lines, skipped_queries=len(records) - len(kept))
+    result.update(skipped_lines=skipped_lines, skipped_queries=len(records) - len(kept),
+                  clamped=args.videos is not None)
     print(format_table(result))
     if args.output is not None:
         write_json_atomic(args.output, result)

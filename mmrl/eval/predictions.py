@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from mmrl.errors import DataError
+from mmrl.eval.records import read_lines
 
 K = TypeVar("K")
 
@@ -31,12 +32,7 @@ def read_predictions(path: str | Path, key: Callable[[dict[str, Any], str], K]) 
     raises ``DataError`` naming ``where`` (``PATH:LINE``). A missing or unreadable file, a malformed line and a
     repeated key are ``DataError``s naming the file and 1-based line."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"predictions file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
+    lines = read_lines(path, "predictions")
     outputs: dict[K, str] = {}
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():

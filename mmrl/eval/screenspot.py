@@ -26,10 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from mmrl.errors import DataError
-from mmrl.eval import predictions
+from mmrl.eval import predictions, records
 from mmrl.eval.screenspot_format import PRO_SPLIT, SPLITS, UI_TYPES, GroundingRecord, load_screenspot
 from mmrl.store import write_json_atomic
 from mmrl.vision import smart_resize
@@ -47,15 +45,7 @@ def image_size(record: GroundingRecord) -> tuple[int, int]:
     (the pixels are not decoded). ``DataError`` naming the record if the image cannot be read."""
     if record.img_size is not None:
         return record.img_size
-    try:
-        with Image.open(record.image) as img:
-            return img.size
-    except FileNotFoundError:
-        raise DataError(f"{record.source_file}: record {record.id}: image not found: {record.image}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"{record.source_file}: record {record.id}: cannot read image {record.image}: {reason}") \
-            from exc
+    return records.image_size(record.image, f"{record.source_file}: record {record.id}")
 
 
 def coord_scale(

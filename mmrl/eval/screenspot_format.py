@@ -22,14 +22,13 @@ Bad input raises ``DataError`` with one line naming the file, the record index a
 """
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmrl.errors import DataError
+from mmrl.eval.records import bad_field, get_field, get_numbers, get_str, read_json_array
 
 SPLITS = ("mobile", "desktop", "web")
 UI_TYPES = ("text", "icon")
@@ -70,62 +69,28 @@ class GroundingRecord:
     """The annotation file this record came from."""
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """A one-line, bounded ``repr`` for error messages."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _get(raw: dict[str, Any], key: str, where: str) -> Any:
-    if key not in raw:
-        raise DataError(f"{where}: missing field {key!r}")
-    return raw[key]
-
-
-def _bad(where: str, key: str, expected: str, value: Any) -> DataError:
-    return DataError(f"{where}: field {key!r} must be {expected}, got {_short(value)}")
-
-
-def _get_str(raw: dict[str, Any], key: str, where: str) -> str:
-    value = _get(raw, key, where)
-    if not isinstance(value, str):
-        raise _bad(where, key, "a string", value)
-    return value
-
-
 def _get_choice(raw: dict[str, Any], key: str, where: str, choices: tuple[str, ...]) -> str:
-    value = _get(raw, key, where)
+    value = get_field(raw, key, where)
     if value not in choices:
-        raise _bad(where, key, " or ".join(repr(c) for c in choices), value)
+        raise bad_field(where, key, " or ".join(repr(c) for c in choices), value)
     return value
-
-
-def _get_numbers(raw: dict[str, Any], key: str, where: str, count: int) -> list[float]:
-    value = _get(raw, key, where)
-    if not (isinstance(value, list) and len(value) == count and all(_is_number(v) for v in value)):
-        raise _bad(where, key, f"a list of {count} finite numbers", value)
-    return [float(v) for v in value]
 
 
 def _get_box(raw: dict[str, Any], where: str, xywh: bool) -> list[float]:
     """``bbox`` as ``[x1, y1, x2, y2]``, converted from ``[x, y, w, h]`` when ``xywh``."""
-    a, b, c, d = _get_numbers(raw, "bbox", where, 4)
+    a, b, c, d = get_numbers(raw, "bbox", where, 4)
     box = [a, b, a + c, b + d] if xywh else [a, b, c, d]
     if box[2] < box[0] or box[3] < box[1]:
         layout = "[x, y, w, h] with w, h >= 0" if xywh else "[x1, y1, x2, y2] with x1 <= x2, y1 <= y2"
-        raise _bad(where, "bbox", layout, raw["bbox"])
+        raise bad_field(where, "bbox", layout, raw["bbox"])
     return box
 
 
 def _get_size(raw: dict[str, Any], where: str) -> tuple[int, int]:
-    value = _get(raw, "img_size", where)
+    value = get_field(raw, "img_size", where)
     ok = isinstance(value, list) and len(value) == 2
     if not (ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise _bad(where, "img_size", "[width, height] as two positive integers", value)
+        raise bad_field(where, "img_size", "[width, height] as two positive integers", value)
     return value[0], value[1]
 
 
@@ -134,12 +99,12 @@ def _v12_record(raw: dict[str, Any], index: int, path: Path, split: str, image_b
     where = f"{path}: record {index}"
     return GroundingRecord(
         id=str(index),
-        image=str(image_base / _get_str(raw, "img_filename", where)),
-        instruction=_get_str(raw, "instruction", where),
+        image=str(image_base / get_str(raw, "img_filename", where)),
+        instruction=get_str(raw, "instruction", where),
         gt_box=_get_box(raw, where, xywh=True),
         ui_type=_get_choice(raw, "data_type", where, UI_TYPES),
         split=split,
-        application=_get_str(raw, "data_source", where),
+        application=get_str(raw, "data_source", where),
         source_file=str(path),
     )
 
@@ -147,37 +112,22 @@ def _v12_record(raw: dict[str, Any], index: int, path: Path, split: str, image_b
 def _pro_record(raw: dict[str, Any], index: int, path: Path, image_base: Path) -> GroundingRecord:
     """One ScreenSpot-Pro record (``bbox`` is ``[x1, y1, x2, y2]``)."""
     where = f"{path}: record {index}"
-    record_id = _get(raw, "id", where)
+    record_id = get_field(raw, "id", where)
     if not (isinstance(record_id, (str, int)) and not isinstance(record_id, bool)):
-        raise _bad(where, "id", "a string or an integer", record_id)
+        raise bad_field(where, "id", "a string or an integer", record_id)
     return GroundingRecord(
         id=str(record_id),
-        image=str(image_base / _get_str(raw, "img_filename", where)),
-        instruction=_get_str(raw, "instruction", where),
+        image=str(image_base / get_str(raw, "img_filename", where)),
+        instruction=get_str(raw, "instruction", where),
         gt_box=_get_box(raw, where, xywh=False),
         ui_type=_get_choice(raw, "ui_type", where, UI_TYPES),
         split=PRO_SPLIT,
-        group=_get_str(raw, "group", where),
-        application=_get_str(raw, "application", where),
-        platform=_get_str(raw, "platform", where),
+        group=get_str(raw, "group", where),
+        application=get_str(raw, "application", where),
+        platform=get_str(raw, "platform", where),
         img_size=_get_size(raw, where),
         source_file=str(path),
     )
-
-
-def _read_array(path: Path) -> list[Any]:
-    """The JSON array in ``path``; ``DataError`` if it is missing, unreadable, invalid or not an array."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
-    return data
 
 
 def _image_base(json_dir: Path) -> Path:
@@ -201,7 +151,7 @@ def load_screenspot_file(path: str | Path, image_dir: str | Path | None = None) 
     record: ``data_type`` means v1/v2, ``ui_type`` means Pro). Image paths are ``image_dir`` /
     ``img_filename``, or relative to the first folder of ``IMAGE_DIR_CANDIDATES`` that exists."""
     path = Path(path)
-    raws = _read_array(path)
+    raws = read_json_array(path)
     image_base = Path(image_dir) if image_dir is not None else _image_base(path.parent)
     for index, raw in enumerate(raws):
         if not isinstance(raw, dict):

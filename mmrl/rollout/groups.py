@@ -148,7 +148,8 @@ def concat(parts: list[Rollouts]) -> Rollouts:
 
 def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: list[int], media: MediaCache,
                   rewards, *, micro_batch_size: int, suppress: list[int], device, shared: bool = False,
-                  answer_slot: bool = False, reward_timeout: float | None = None, **sampling) -> Rollouts:
+                  answer_slot: bool = False, reward_timeout: float | None = None, step_info: dict | None = None,
+                  **sampling) -> Rollouts:
     """``n`` completions of each prompt, scored; prompt k's rows get group id ``group_ids[k]``.
 
     ``shared``: each prompt is encoded and prefilled once and its completions decoded from the repeated KV cache
@@ -156,7 +157,8 @@ def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: li
     off-policy guidance): ``n - 1`` completions are sampled and the last row of each group is the sample's
     ground-truth answer, scored like the others and flagged in ``Rollouts.offpolicy`` (the full-sequence path then
     encodes its prompts again for the log-prob passes; shared encodings are kept). All completions are scored
-    together, each reward function called once (``mmrl.rollout.scoring.score``, ``reward_timeout``). ``sampling``:
+    together, each reward function called once (``mmrl.rollout.scoring.score``, ``reward_timeout``, ``step_info``
+    fields). ``sampling``:
     ``max_new_tokens``, ``temperature``, ``top_p``.
     """
     drawn = n - 1 if answer_slot else n
@@ -183,7 +185,7 @@ def sample_groups(model, processor, prompts: list[Sample], n: int, group_ids: li
         encodings = [Chunk(slice(c.rows.start // drawn * n, c.rows.stop // drawn * n), c.prompts, n)
                      for c in encodings] if shared else None
     ids, mask, dropped = sanitize(ids, mask, suppress, pad)
-    scores = score(rewards, texts, rows, reward_timeout)
+    scores = score(rewards, texts, rows, reward_timeout, step_info)
     return Rollouts(
         samples=rows, group_ids=torch.tensor(group_ids, dtype=torch.long).repeat_interleave(n),
         ids=ids, mask=mask, texts=texts, truncated=torch.tensor(truncated),

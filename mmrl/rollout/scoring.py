@@ -130,11 +130,14 @@ def _warn(name: str, reason: str) -> None:
 
 
 def score(rewards: dict[str, tuple[Callable, float]], completions: list[str], samples: list[Sample],
-          timeout: float | None = None) -> Scores:
+          timeout: float | None = None, step_info: dict[str, Any] | None = None) -> Scores:
     """Every reward component per completion, their weighted sum and the failure flags; the reward functions
-    run concurrently, each called once on the whole batch."""
+    run concurrently, each called once on the whole batch. ``step_info`` (the trainer's ``step`` and
+    ``total_steps``) becomes fields of the same value for every completion, for rewards whose rule changes during
+    training (Vision-R1's progressive thresholds)."""
     keys = {k for s in samples for k in s.fields}
     fields = {k: [s.fields.get(k) for s in samples] for k in keys}
+    fields.update({k: [v] * len(samples) for k, v in (step_info or {}).items()})
     started = time.monotonic()
     running = {name: start_reward(name, fn, completions, fields) for name, (fn, _) in rewards.items()}
     results = {name: finish_reward(name, *running[name], len(completions), timeout, started) for name in rewards}

@@ -127,10 +127,13 @@ def test_charades_metrics_hand_values():
 def test_score_predictions_counted_by_hand(tmp_path):
     records = read_annotations(_write(tmp_path / "ann.txt", ANNOTATIONS))
     assert score_predictions(records, OUTPUTS, DURATIONS) == pytest.approx(EXPECTED)
-    # without durations the answers are clamped below only: query 5 scores (4, 99) vs (2, 6): 2/97
-    unclamped = score_predictions(records, OUTPUTS, {})
-    assert unclamped["miou"] == pytest.approx((1 + 0.6 + 2 / 97 + 0.75) / 7)
-    assert unclamped["r1@0.3"] == pytest.approx(3 / 7)
+    # without durations the answers are not clamped at all: query 5 scores (4, 99) vs (2, 6): 2/97, and query 6
+    # scores (-2, 3) vs (0, 4): inter 3, union 6 -> 0.5 (clamped at 0 it would be 0.75)
+    # IoUs 1, 0.6, 0, 0, 2/97, 0.5, 0: R1@0.3 = R1@0.5 = 3/7 (1, 0.6, 0.5), R1@0.7 = 1/7
+    for unclamped in (score_predictions(records, OUTPUTS, {}), score_predictions(records, OUTPUTS)):
+        assert unclamped == pytest.approx({"r1@0.3": 3 / 7, "r1@0.5": 3 / 7, "r1@0.7": 1 / 7,
+                                           "miou": (1 + 0.6 + 2 / 97 + 0.5) / 7, "n": 7, "unparsable": 1,
+                                           "missing": 1})
     nothing = score_predictions(records, {}, DURATIONS)
     assert (nothing["miou"], nothing["missing"], nothing["unparsable"]) == (0.0, 7, 0)
 
@@ -287,3 +290,58 @@ def test_video_budget_overrides_are_checked_like_config_keys():
         video_budget(["bogus=1"])
     with pytest.raises(ConfigError, match="max_frames"):
         video_budget(["max_frames=many"])
+
+
+# ---------------------------------------------------------------- --predictions without --videos
+
+NO_VIDEO_OUTPUTS = {
+    0: "<answer>-1.0 to 2.0</answer>",  # vs (0, 2): as written inter 2, union 3 -> 2/3 (clamped at 0 it is 1)
+    1: "<answer>1.0 to 2.5</answer>",  # vs (0.5, 1.5): inter 0.5, union 2 -> 1/4; in vidB (2 s): (1, 2) -> 1/3
+    2: "no idea",  # unparsable: 0
+}
+# without videos, IoUs 2/3, 1/4, 0: R1@0.3 = 1/3, R1@0.5 = 1/3, R1@0.7 = 0, mIoU = (2/3 + 1/4) / 3 = 11/36
+NO_VIDEO_EXPECTED = {"r1@0.3": 1 / 3, "r1@0.5": 1 / 3, "r1@0.7": 0.0, "miou": 11 / 36, "n": 3, "unparsable": 1,
+                     "missing": 0, "skipped_queries": 0, "clamped": False}
+# with the videos (vidA 4 s, vidB 2 s), IoUs 1, 1/3, 0: R1@0.3 = 2/3, R1@0.5 = R1@0.7 = 1/3, mIoU = 4/9
+WITH_VIDEO_EXPECTED = {"r1@0.3": 2 / 3, "r1@0.5": 1 / 3, "r1@0.7": 1 / 3, "miou": 4 / 9, "n": 3, "unparsable": 1,
+                       "missing": 0, "skipped_queries": 0, "clamped": True}
+
+
+def test_predictions_without_videos_are_scored_unclamped(tmp_path, capsys):
+    from mmrl.cli import main
+
+    annotations = _write(tmp_path / "ann.txt", E2E_ANNOTATIONS)  # no video exists anywhere
+    preds = _write_predictions(tmp_path / "preds.jsonl", NO_VIDEO_OUTPUTS)
+    out = tmp_path / "metrics.json"
+    main(["eval", "charades", "--annotations", str(annotations), "--predictions", str(preds), "--output", str(out)])
+    result = json.loads(out.read_text())
+    assert {k: result[k] for k in NO_VIDEO_EXPECTED} == pytest.approx(NO_VIDEO_EXPECTED)
+    assert capsys.readouterr().out.splitlines()[1].split()[:4] == ["33.3", "33.3", "0.0", "30.6"]
+
+
+def test_predictions_with_videos_are_clamped_as_before(tmp_path, video_dir):
+    annotations = _write(tmp_path / "ann.txt", E2E_ANNOTATIONS)
+    preds = _write_predictions(tmp_path / "preds.jsonl", NO_VIDEO_OUTPUTS)
+    out = tmp_path / "metrics.json"
+    run(_parse(["--annotations", str(annotations), "--videos", str(video_dir), "--predictions", str(preds),
+                "--output", str(out)]))
+    result = json.loads(out.read_text())
+    assert {k: result[k] for k in WITH_VIDEO_EXPECTED} == pytest.approx(WITH_VIDEO_EXPECTED, abs=0.02)  # ~2 s
+
+
+def test_model_needs_videos(tmp_path, capsys):
+    from mmrl.cli import main
+
+    annotations = _write(tmp_path / "ann.txt", E2E_ANNOTATIONS)
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "charades", "--annotations", str(annotations), "--model", str(tmp_path / "model")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "mmrl: error: --videos is required with --model (the videos are the model's input)")
+    assert "no clamping" in " ".join(_help().split())
+
+
+def _help() -> str:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.format_help()

@@ -450,3 +450,31 @@ def test_predictions_for_unknown_records_are_counted_as_unmatched(tmp_path):
     result = evaluate_predictions_file(V1 / "screenspot_desktop.json", preds)
     assert (result["correct"], result["missing"], result["unmatched"]) == (1, 2, 2)
     assert "unmatched predictions: 2" in format_table(result)
+
+
+def test_absolute_predictions_need_no_image_files(tmp_path, capsys, monkeypatch):
+    """Scoring ``--coords absolute`` reads no image (none exists here); ``0-1000`` needs the size and says so."""
+    from mmrl.cli import main
+
+    records = [  # v1: bbox [x, y, w, h]
+        {"img_filename": "m1.png", "bbox": [10, 20, 50, 30], "instruction": "open", "data_type": "text",
+         "data_source": "ios"},
+        {"img_filename": "m2.png", "bbox": [100, 300, 40, 40], "instruction": "tap", "data_type": "icon",
+         "data_source": "android"},
+    ]
+    data = tmp_path / "screenspot_mobile.json"
+    data.write_text(json.dumps(records))
+    preds = _write_jsonl(tmp_path / "p.jsonl", [{"id": 0, "output": "(30, 35)"},  # inside [10, 20, 60, 50]
+                                                 {"id": 1, "output": "(10, 10)"}])  # outside [100, 300, 140, 340]
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("an image was opened"))
+    out = tmp_path / "r.json"
+    main(["eval", "screenspot", "--data", str(data), "--predictions", str(preds), "--coords", "absolute",
+          "--output", str(out)])
+    result = json.loads(out.read_text())
+    assert (result["correct"], result["n"], result["missing"]) == (1, 2, 0)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "screenspot", "--data", str(data), "--predictions", str(preds), "--coords", "0-1000"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mmrl: error: {data}: record 0: image not found: ") and err.endswith("m1.png")

@@ -15,14 +15,13 @@ Bad input raises ``DataError`` with one line naming the file and the record (and
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmrl.errors import DataError
-from mmrl.eval.records import (bad_field, get_field, get_numbers, get_str, image_size, read_json, read_lines,
-                                short_repr)
+from mmrl.eval.records import (bad_field, get_field, get_numbers, get_str, image_size, json_object, read_json,
+                                read_lines, short_repr)
 
 
 @dataclass(frozen=True)
@@ -140,12 +139,7 @@ def load_rec(path: str | Path, image_dir: str | Path | None = None) -> list[RecR
         if not line.strip():
             continue
         where = f"{path}:{index + 1}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
-        if not isinstance(raw, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        raw = json_object(line, where)
         x1, y1, x2, y2 = get_numbers(raw, "bbox", where, 4)
         if x2 < x1 or y2 < y1:
             raise bad_field(where, "bbox", "[x1, y1, x2, y2] with x1 <= x2, y1 <= y2", raw["bbox"])

@@ -1,24 +1,18 @@
 """Prediction files shared by the evaluators: JSON lines ``{"id": ..., "output": "raw model text", ...}``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from mmrl.errors import DataError
-from mmrl.eval.records import read_lines
+from mmrl.eval.records import json_object, read_lines
 
 K = TypeVar("K")
 
 
 def _row(line: str, where: str) -> dict[str, Any]:
     """One JSON object with ``id`` and a string ``output``; ``DataError`` naming ``where`` otherwise."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    row = json_object(line, where)
     for key in ("id", "output"):
         if key not in row:
             raise DataError(f"{where}: missing field {key!r}")

@@ -80,6 +80,18 @@ def image_size(path: str, where: str) -> tuple[int, int]:
             from exc
 
 
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """The JSON object on one line; ``DataError`` naming ``where`` (``PATH:LINE``) if it is invalid JSON or not an
+    object."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_lines(path: str | Path, what: str) -> list[str]:
     """The lines of a UTF-8 text file, split at ``\\n`` only (so numbers match an editor's); ``DataError`` naming
     the file (``what``: "annotation", "predictions", ...) if it is missing or unreadable."""

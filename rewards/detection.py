@@ -245,10 +245,11 @@ def threshold_map(iou: float, lo: float, hi: float) -> float:
     return 0.0 if iou < lo else 1.0 if iou > hi else iou
 
 
-def _in_pixels(text: str, scale: Sequence[float]) -> list[Detection]:
-    """The detections of ``text`` with boxes mapped to original pixels."""
-    found, _ = parse_detections(text)
-    return [Detection(tuple(to_original(d.box, scale)), d.label, d.score) for d in found]
+def detections_in_pixels(text: Any, scale: Sequence[float]) -> tuple[list[Detection], bool]:
+    """``parse_detections`` of ``text`` with every box mapped to original pixels (``rewards.gui.to_original``: a
+    malformed ``scale`` raises)."""
+    found, well_formed = parse_detections(text)
+    return [Detection(tuple(to_original(d.box, scale)), d.label, d.score) for d in found], well_formed
 
 
 def _matched_ious(pred: list[Detection], gt_boxes: Sequence[Box], gt_labels: Sequence[str]) -> list[float]:
@@ -284,7 +285,7 @@ def precision_reward(completions: list[Any], gt_boxes: list[Any], gt_labels: lis
 
     def score(text: str, i: int) -> float:
         lo, hi, _ = stage_thresholds(_at(step, i), _at(total_steps, i), switch_step, switch_fraction, stages)
-        return detection_precision(_in_pixels(text, scale[i]), gt_boxes[i], gt_labels[i], lo, hi)
+        return detection_precision(detections_in_pixels(text, scale[i])[0], gt_boxes[i], gt_labels[i], lo, hi)
 
     return score_each(completions, score)
 
@@ -297,7 +298,7 @@ def recall_reward(completions: list[Any], gt_boxes: list[Any], gt_labels: list[A
 
     def score(text: str, i: int) -> float:
         _, _, hit = stage_thresholds(_at(step, i), _at(total_steps, i), switch_step, switch_fraction, stages)
-        return detection_recall(_in_pixels(text, scale[i]), gt_boxes[i], gt_labels[i], hit)
+        return detection_recall(detections_in_pixels(text, scale[i])[0], gt_boxes[i], gt_labels[i], hit)
 
     return score_each(completions, score)
 
@@ -337,7 +338,7 @@ def dip_accuracy_reward(completions: list[Any], gt_boxes: list[Any], gt_labels: 
         raise ValueError(f"weight must be in [0, 1] and threshold in (0, 1], got {weight!r}, {threshold!r}")
 
     def score(text: str, i: int) -> float:
-        return weighted_precision_recall(_in_pixels(text, scale[i]), gt_boxes[i], gt_labels[i], weight, threshold)
+        return weighted_precision_recall(detections_in_pixels(text, scale[i])[0], gt_boxes[i], gt_labels[i], weight, threshold)
 
     return score_each(completions, score)
 
@@ -365,11 +366,14 @@ def parse_single_box(text: Any) -> list[float] | None:
 def rec_iou_reward(completions: list[Any], gt_box: list[Any], scale: list[Any], **_: Any) -> list[float]:
     """IoU of the answer's box, mapped to original pixels, with ``gt_box``; 0.0 without a box."""
 
-    def score(text: str, i: int) -> float:
-        box = parse_single_box(text)
-        return 0.0 if box is None else box_iou(to_original(box, scale[i]), gt_box[i])
+    return score_each(completions, lambda text, i: rec_iou(text, scale[i], gt_box[i]) or 0.0)
 
-    return score_each(completions, score)
+
+def rec_iou(text: Any, scale: Sequence[float], gt_box: Box) -> float | None:
+    """IoU of the REC answer's box (``parse_single_box``), mapped to original pixels, with ``gt_box``; ``None`` when
+    the output holds no box."""
+    box = parse_single_box(text)
+    return None if box is None else box_iou(to_original(box, scale), gt_box)
 
 
 def rec_correct(iou: float) -> bool:

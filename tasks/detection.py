@@ -32,7 +32,6 @@ from mmrl.store import cached_build
 from mmrl.task import Task
 from mmrl.types import LoadContext, Sample
 from rewards import detection as det
-from rewards.gui import box_iou, to_original
 from tasks import synthetic_detection
 
 UNITS = {
@@ -195,8 +194,7 @@ class CocoDetection(Task):
 
     def score(self, completion: str, sample: Sample) -> dict[str, float]:
         """F1 counts at IoU 0.5 (``tp``, ``n_pred``, ``n_gt``) and ``unparsable`` (the output is not well formed)."""
-        found, well_formed = det.parse_detections(completion)
-        pred = _in_pixels(found, sample.fields["scale"])
+        pred, well_formed = det.detections_in_pixels(completion, sample.fields["scale"])
         f = sample.fields
         return {"tp": det.count_matches(pred, f["gt_boxes"], f["gt_labels"]), "n_pred": len(pred),
                 "n_gt": len(f["gt_boxes"]), "unparsable": float(not well_formed)}
@@ -209,15 +207,11 @@ class CocoDetection(Task):
                                          s.fields["crowd_labels"]) for s in samples]
         detections = [ScoredBox(s.fields["image_id"], d.label, d.box, d.score)
                       for s, text in zip(samples, outputs)
-                      for d in _in_pixels(det.parse_detections(text)[0], s.fields["scale"])]
+                      for d in det.detections_in_pixels(text, s.fields["scale"])[0]]
         categories = samples[0].fields["categories"] if samples else []
         return {**coco_map(ground_truth, categories, detections),
                 **f1_summary(int(totals["tp"]), int(totals["n_pred"]), int(totals["n_gt"])),
                 "unparsable": int(totals["unparsable"]), "n": len(scores)}
-
-
-def _in_pixels(found: list[det.Detection], scale: list[float]) -> list[det.Detection]:
-    return [det.Detection(tuple(to_original(d.box, scale)), d.label, d.score) for d in found]
 
 
 @TASKS.register("rec", config=RecData, renderer="detection", benchmarks=("rec",))
@@ -234,8 +228,9 @@ class ReferringExpressions(Task):
         records = load_rec(source, images)
         if not records:
             raise DataError(f"{source}: no records")
-        for r in records:
-            image_size(r.image, f"{r.source_file}:{r.line}")
+        if ctx.coords == "absolute":  # samples_from_records reads no image header then: check each image here
+            for r in {r.image: r for r in records}.values():
+                image_size(r.image, f"{r.source_file}:{r.line}")
         return self.samples_from_records(records, cfg, ctx)
 
     def samples_from_records(self, records: list[RecRecord], cfg: RecData, ctx: LoadContext) -> list[Sample]:
@@ -263,9 +258,8 @@ class ReferringExpressions(Task):
 
     def score(self, completion: str, sample: Sample) -> dict[str, float]:
         """``acc@0.5`` (IoU > 0.5), ``miou`` (this sample's IoU) and ``unparsable`` (no box found)."""
-        box = det.parse_single_box(completion)
-        iou = 0.0 if box is None else box_iou(to_original(box, sample.fields["scale"]), sample.fields["gt_box"])
-        return {"acc@0.5": float(det.rec_correct(iou)), "miou": iou, "unparsable": float(box is None)}
+        iou = det.rec_iou(completion, sample.fields["scale"], sample.fields["gt_box"])
+        return {"acc@0.5": float(det.rec_correct(iou or 0.0)), "miou": iou or 0.0, "unparsable": float(iou is None)}
 
     def aggregate(self, scores: list[dict[str, float]], samples: list[Sample], outputs: list[str]) -> dict[str, float]:
         """Means of ``acc@0.5`` and ``miou``; ``unparsable`` as a count."""

@@ -32,7 +32,7 @@ from mmrl.demo.runs import RefusedPath, RunView, Sample
 from mmrl.errors import DataError
 from mmrl.plugins import RENDERERS, TASKS
 from mmrl.vision import load_image
-from rewards.detection import Detection, hungarian_match, parse_detections, parse_single_box
+from rewards.detection import Detection, detections_in_pixels, hungarian_match, parse_single_box
 from rewards.gui import box_geometry, box_iou, gaussian_variances, to_original
 from rewards.parsing import parse_box, parse_point
 from rewards.temporal import parse_interval
@@ -162,14 +162,13 @@ def predicted_detections(completion: str | None, scale, rec: bool = False) -> li
     """The detections of ``completion`` with boxes in original pixels (``parse_detections``; for REC, when it finds
     nothing, the bare box of ``parse_single_box`` with an empty label). ``[]`` for unparsable output; a malformed
     ``scale`` raises ``ValueError``."""
-    found, _ = parse_detections(completion)
-    if not found and rec:
-        box = parse_single_box(completion)
-        found = [Detection(tuple(box), "")] if box is not None else []
     try:
-        return [Detection(tuple(to_original(d.box, scale)), d.label, d.score) for d in found]
+        found, _ = detections_in_pixels(completion, scale)
+        if not found and rec and (box := parse_single_box(completion)) is not None:
+            found = [Detection(tuple(to_original(box, scale)), "")]
     except TypeError as exc:  # a scale that is not two numbers
         raise ValueError(f"scale must be two positive finite numbers, got {scale!r}") from exc
+    return found
 
 
 def detection_captions(pred: list[Detection], gt_boxes: list[list[float]], gt_labels: list[str],

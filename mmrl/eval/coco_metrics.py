@@ -73,9 +73,8 @@ def coco_map(images: Sequence[GroundTruthImage], categories: Sequence[str], dete
     }
     results = [{"image_id": d.image_id, "category_id": ids[d.label], "bbox": _xywh(d.box),
                 "score": 1.0 if d.score is None else float(d.score)} for d in detections if d.label in ids]
-    if not results or not gt_dict["annotations"]:
-        return {"map": 0.0 if gt_dict["annotations"] else None, "map50": 0.0 if gt_dict["annotations"] else None,
-                "map75": 0.0 if gt_dict["annotations"] else None}
+    if not results or not gt_dict["annotations"]:  # COCOeval needs both; no ground truth leaves AP undefined
+        return dict.fromkeys(("map", "map50", "map75"), 0.0 if gt_dict["annotations"] else None)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and its table
         gt = COCO()
         gt.dataset = gt_dict

@@ -36,8 +36,7 @@ from typing import Any
 
 from mmrl.errors import DataError
 from mmrl.eval import predictions
-from mmrl.eval.detection_format import RecRecord, check_image, load_coco, load_rec
-from mmrl.eval.records import image_size
+from mmrl.eval.detection_format import check_image, load_coco, load_rec
 from mmrl.store import write_json_atomic
 from mmrl.task import opened, score_outputs, task_for_benchmark
 from mmrl.types import LoadContext
@@ -127,17 +126,11 @@ def _load(benchmark: str, data: str, images: str | None) -> tuple[Any, list[int]
 
 
 def _check_images(benchmark: str, records: Any) -> None:
-    """Before generating: every image reads, and a COCO image has its annotated size (the coordinate map uses it)."""
+    """Before generating: every COCO image reads and has its annotated size (the coordinate map uses it). REC
+    images need no check here: building the prompts in the model family's coordinates reads each one's header."""
     if benchmark == "coco":
         for image in records[0]:
             check_image(image)
-        return
-    seen: set[str] = set()
-    row: RecRecord
-    for row in records:
-        if row.image not in seen:
-            seen.add(row.image)
-            image_size(row.image, f"{row.source_file}:{row.line}")
 
 
 def evaluate(benchmark: str, args: argparse.Namespace) -> dict[str, Any]:

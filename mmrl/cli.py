@@ -73,7 +73,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmrl.eval import charades, detection, screenspot
+    from mmrl.eval import cad, charades, detection, screenspot
 
     parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("rec", help="referring-expression comprehension: acc@0.5 (IoU > 0.5) and mIoU")
     detection.add_rec_arguments(p)
     p.set_defaults(func=detection.run_rec)
+    p = ev.add_parser("cad", help="CAD code: executable share, volume IoU, Chamfer distance (sandboxed)")
+    cad.add_arguments(p)
+    p.set_defaults(func=cad.run)
     return parser
 
 

@@ -320,6 +320,10 @@ RENDERERS = Registry(
     doc="``fn(view, group, sample, settings) -> PIL.Image | None``: the rollout inspector's picture of a sample",
     capabilities={"legend": Capability(str, "", "one line under the picture saying what its marks mean")},
 )
+VIEW_JUDGES = Registry(
+    "view judge", doc="``fn(description, reference: PIL.Image, prediction: PIL.Image) -> float`` in [0, 1]: an "
+    "external evaluation of rendered CAD views (the cad_code task's ``judge`` reward, CAD-RL)",
+)
 MODEL_FAMILIES = Registry(
     "model family", builtins=("mmrl.models.families",),
     doc="adapters by ``config.model_type``: what the engine needs to know about a checkpoint family",
@@ -335,5 +339,5 @@ MODEL_FAMILIES = Registry(
 
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (
     TASKS, REWARDS, ADVANTAGES, POLICY_LOSSES, KL_ESTIMATORS, AGGREGATIONS, TOKEN_WEIGHTS, PROMPT_SAMPLERS, ROLLOUTS,
-    DIFFUSION_ALGORITHMS, IMAGE_REWARDS, RENDERERS, MODEL_FAMILIES)}
+    DIFFUSION_ALGORITHMS, IMAGE_REWARDS, RENDERERS, VIEW_JUDGES, MODEL_FAMILIES)}
 """Every registry by kind (what ``mmrl list`` prints)."""

@@ -59,6 +59,11 @@ class Task:
         raise NotImplementedError
 
     # -- optional ----------------------------------------------------------------------------------------------
+    def score_batch(self, completions: list[str], samples: list[Sample]) -> list[dict[str, float]]:
+        """``score`` of each completion (default: one at a time). Override to grade a batch at once, e.g. over a
+        worker pool."""
+        return [self.score(text, sample) for text, sample in zip(completions, samples)]
+
     def open(self, cfg: Any) -> None:
         """Start the resources the task's rewards and grading share (default: none)."""
 
@@ -107,4 +112,4 @@ def task_for_benchmark(benchmark: str) -> str:
 
 def score_outputs(task: Task, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
     """The task's dataset-level metrics of ``outputs`` (one completion per sample): ``aggregate`` of ``score``."""
-    return task.aggregate([task.score(text, sample) for sample, text in zip(samples, outputs)], samples, outputs)
+    return task.aggregate(task.score_batch(outputs, samples), samples, outputs)

@@ -126,9 +126,10 @@ def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig
 
 
 def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimizer, scheduler, accelerator,
-             ref_logps, number_ids: torch.Tensor) -> dict:
+             ref_logps, number_ids: torch.Tensor, progress: float) -> dict:
     """``mu`` epochs over the step's rollouts; one optimizer step per epoch, gradients accumulated over
-    micro-batches (aggregation uses batch-wide token/sequence counts, so accumulation is exact)."""
+    micro-batches (aggregation uses batch-wide token/sequence counts, so accumulation is exact). ``progress`` (step
+    over steps) reaches losses with a schedule."""
     device = accelerator.device
     old_logps = fixed_logprobs(model, ro, chunks, g.temperature) if g.mu > 1 else None
     loss_mask = ro.mask * ro.weight[:, None].to(ro.mask.dtype)
@@ -148,7 +149,7 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
                     logp=logp, old_logp=old_logps[k] if old_logps is not None else logp.detach(),
                     advantages=ro.advantages[sl].to(device), mask=mask, rewards=ro.total[sl].float().to(device),
                     group_mean=group_mean[sl].to(device), positive_len=positive_len[sl].to(device),
-                    ref_logp=ref_logps[k] if ref_logps is not None else None)
+                    ref_logp=ref_logps[k] if ref_logps is not None else None, progress=progress)
                 terms = algo.policy_loss(batch)
                 policy_tok = terms.loss
                 if ro.offpolicy is not None and ro.offpolicy[sl].any():
@@ -321,7 +322,8 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
         ref_logps = None
         if (g.beta > 0 and g.kl_in == "loss") or algo.needs_reference:
             ref_logps = reference_logprobs(policy, ref_model, ro, chunks, g.temperature)
-        opt = optimise(model, ro, chunks, g, algo, optimizer, scheduler, accelerator, ref_logps, number_ids)
+        opt = optimise(model, ro, chunks, g, algo, optimizer, scheduler, accelerator, ref_logps, number_ids,
+                       step / g.steps)
         metrics = step_metrics(ro, sampled, opt, accelerator, scheduler.get_last_lr()[0], time.perf_counter() - t0)
         run.log_metrics(step + 1, metrics)
         if cfg.log_rollouts:

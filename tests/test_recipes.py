@@ -62,7 +62,7 @@ def test_the_recipes_are_found():
             "gui_grounding/qwen3_vl_4b.yaml", "temporal_grounding/qwen2_5_vl_3b.yaml",
             "temporal_grounding/qwen2_5_vl_7b.yaml", "temporal_grounding/qwen3_vl_8b.yaml",
             "detection/qwen2_5_vl_3b.yaml", "detection/qwen3_vl_4b.yaml", "rec/qwen2_5_vl_3b.yaml",
-            "rec/qwen3_vl_4b.yaml"} <= names
+            "rec/qwen3_vl_4b.yaml", "cad_code/qwen2_5_vl_3b.yaml", "cad_code/qwen3_vl_4b.yaml"} <= names
     assert set(family for _, family in FAMILY_OF_CHECKPOINT) <= set(FAMILIES)
 
 

@@ -41,6 +41,9 @@ class PolicyBatch:
     """[B] mean length of the group's completions with a positive advantage (0 when there are none)."""
     ref_logp: torch.Tensor | None = None
     """[B, T] log-probs under the reference policy, when the loss or the KL term needs them."""
+    progress: float = 0.0
+    """How far training is: the RL step over the run's steps, in [0, 1) (for losses whose bounds follow a
+    schedule)."""
 
 
 def positive_lengths(lengths: torch.Tensor, advantages: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -85,6 +88,18 @@ def ppo_clip(b: PolicyBatch, *, eps_low: float = 0.2, eps_high: float = 0.2, dua
         loss = torch.where(dual, bound.expand_as(loss), loss)
         clipped = clipped | dual
     return LossTerms(loss, clipped)
+
+
+@POLICY_LOSSES.register("trust_region_stretch")
+def trust_region_stretch(b: PolicyBatch, *, eps_low: float = 0.2, eps_high_start: float = 0.2,
+                         eps_high_end: float = 0.28, stretch_fraction: float = 1.0) -> LossTerms:
+    """CAD-RL's Trust Region Stretch ("From Intent to Execution", 2025): PPO-clip whose upper bound widens during
+    training so that low-probability tokens (a new dimension, a new operation) can grow, ``eps_high(p) =
+    eps_high_start + (eps_high_end - eps_high_start) * min(1, p / stretch_fraction)`` at progress ``p`` (step /
+    steps); the lower bound stays ``eps_low``. The paper's exact schedule is not public: this linear one is our
+    reading (``stretch_fraction`` = the share of the run over which it widens)."""
+    ramp = min(1.0, b.progress / stretch_fraction) if stretch_fraction > 0 else 1.0
+    return ppo_clip(b, eps_low=eps_low, eps_high=eps_high_start + (eps_high_end - eps_high_start) * ramp)
 
 
 @POLICY_LOSSES.register("ngrpo_asym")

@@ -12,7 +12,9 @@ import torch
 
 from mmrl.algorithms import POLICY_LOSSES
 from mmrl.algorithms.aggregation import seq_mean_token_mean
-from mmrl.algorithms.losses import bapo_bounds, cispo, gspo, ngrpo_asym, ppo_clip, topr
+from dataclasses import replace
+
+from mmrl.algorithms.losses import bapo_bounds, cispo, gspo, ngrpo_asym, ppo_clip, topr, trust_region_stretch
 
 LOGP = [-1.0, -0.5, -2.0]
 OLD = [-1.2, -0.5, -1.5]
@@ -49,6 +51,27 @@ def test_dual_clip_leaves_positive_advantages_alone(make_batch):
     plain = ppo_clip(make_batch(logp, old, torch.tensor([2.0]))).loss
     dual = ppo_clip(make_batch(logp, old, torch.tensor([2.0])), dual_clip=3.0).loss
     assert torch.equal(plain, dual)
+
+
+# ---------------------------------------------------------------- Trust Region Stretch (CAD-RL)
+
+
+def test_trust_region_stretch_widens_the_upper_bound_with_progress(make_batch):
+    # A = +1, rho = 1.25. eps_high(p) = 0.2 + (0.28 - 0.2) * min(1, p / 0.5):
+    #   p = 0    -> 1.20 clips: loss -1.20, no gradient;
+    #   p = 0.25 -> 1.24 clips: loss -1.24;
+    #   p = 0.5 and 0.9 -> 1.28 does not clip: loss -1.25, gradient -1.25.
+    logp = torch.tensor([[math.log(1.25)]], requires_grad=True)
+    batch = make_batch(logp, torch.zeros(1, 1), torch.tensor([1.0]))
+    args = dict(eps_high_start=0.2, eps_high_end=0.28, stretch_fraction=0.5)
+    losses = [trust_region_stretch(replace(batch, progress=p), **args).loss.item() for p in (0.0, 0.25, 0.5, 0.9)]
+    assert losses == pytest.approx([-1.20, -1.24, -1.25, -1.25])
+    late = trust_region_stretch(replace(batch, progress=0.9), **args)
+    assert not late.clipped.item() and grad_of(late.loss, logp) == pytest.approx([-1.25])
+    # the lower bound stays eps_low: A = -1, rho = 0.7 clips at 0.8 whatever the progress
+    low = torch.tensor([[math.log(0.7)]], requires_grad=True)
+    neg = make_batch(low, torch.zeros(1, 1), torch.tensor([-1.0]))
+    assert trust_region_stretch(replace(neg, progress=0.9), **args).loss.item() == pytest.approx(0.8)
 
 
 # ---------------------------------------------------------------- NGRPO asymmetric clip

@@ -1,0 +1,155 @@
+"""CAD code evaluation: ``mmrl eval cad``.
+
+``--data`` is JSON lines ``{"id", "description", "code"[, "images"]}`` (``load_cad``); the outputs are scored by the
+task declaring the ``cad`` benchmark (``tasks.cad_code``), so scripts run in the same sandbox and are measured by
+the same code as in training. Metrics (cadrille's, with IoU in the description's frame by default):
+
+* ``executable``: share of samples whose script produced a solid (1 - cadrille's invalid ratio);
+* ``iou``: mean volume IoU over all samples, a failure counting 0;
+* ``chamfer_mean``, ``chamfer_median``: Chamfer distance ×10³ over the executable samples (8,192 surface samples
+  per solid, both normalised into the unit cube);
+* ``n``, ``missing`` (records without a prediction row, scored as the empty output), ``unmatched`` (rows naming
+  no record).
+
+``--per-sample`` writes one row per record: ``{"id", "executable", "iou", "chamfer", "reason"}`` (``reason``: why
+the script failed, "" when it ran). Predictions are JSON lines ``{"id": record id, "output": raw model text}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmrl.errors import DataError
+from mmrl.eval import predictions
+from mmrl.eval.records import bad_field, get_str, json_object, read_lines
+from mmrl.store import atomic_write_text, write_json_atomic
+from mmrl.task import opened, task_for_benchmark
+
+KEYS = ("executable", "iou", "chamfer_mean", "chamfer_median", "n", "missing", "unmatched")
+
+
+@dataclass
+class CadRecord:
+    id: str
+    description: str
+    code: str
+    """The reference script."""
+    images: list[str] = field(default_factory=list)
+    """Rendered views given with the description (absolute paths)."""
+
+
+def load_cad(path: str | Path) -> list[CadRecord]:
+    """The records of a CAD JSONL (blank lines skipped); ``DataError`` naming the file and line for a malformed
+    row, a missing field, a repeated id or a missing image."""
+    path = Path(path)
+    records, seen = [], set()
+    for lineno, line in enumerate(read_lines(path, "CAD data"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        raw = json_object(line, where)
+        rid = raw.get("id")
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            raise bad_field(where, "id", "a string or an integer", rid)
+        if str(rid) in seen:
+            raise DataError(f"{where}: duplicate id {rid!r}")
+        seen.add(str(rid))
+        images = raw.get("images", [])
+        if not (isinstance(images, list) and all(isinstance(i, str) for i in images)):
+            raise bad_field(where, "images", "a list of image paths", images)
+        resolved = [str(path.parent / i) for i in images]
+        for image in resolved:
+            if not Path(image).is_file():
+                raise DataError(f"{where}: image not found: {image}")
+        records.append(CadRecord(str(rid), get_str(raw, "description", where), get_str(raw, "code", where),
+                                 resolved))
+    return records
+
+
+def _record_id(row: dict[str, Any], where: str) -> str:
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+        raise bad_field(where, "id", "a string or an integer", row["id"])
+    return str(row["id"])
+
+
+def evaluate(records: list[CadRecord], outputs: list[str | None], data: dict[str, Any] | None = None,
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The metrics (``KEYS`` less ``unmatched``) and the per-sample rows of ``outputs`` (``None``: no output,
+    scored as ``""`` and counted in ``missing``), scored by the task declaring ``cad`` with ``data:`` settings
+    ``data`` (e.g. ``{"sandbox": "unsafe_local"}``)."""
+    from mmrl.config import ModelConfig
+    from mmrl.types import LoadContext
+
+    defaults = ModelConfig()
+    ctx = LoadContext(defaults.min_pixels, defaults.max_pixels, defaults.cache_dir)
+    texts = ["" if text is None else text for text in outputs]
+    with opened(task_for_benchmark("cad"), data or {}) as (task, cfg):
+        samples = task.samples_from_records(records, cfg, ctx)
+        rows = task.diagnose(texts, samples)
+        metrics = task.aggregate(task.score_batch(texts, samples), samples, texts)
+    per_sample = [{"id": r.id, **row} for r, row in zip(records, rows)]
+    return {**metrics, "missing": sum(text is None for text in outputs)}, per_sample
+
+
+def _generate(records: list[CadRecord], args: argparse.Namespace, data: dict[str, Any]) -> list[str]:
+    from mmrl.config import ModelConfig
+    from mmrl.eval.generate import benchmark_outputs
+
+    return benchmark_outputs("cad", records, ModelConfig(path=args.model), data, batch_size=args.batch_size,
+                             max_new_tokens=args.max_new_tokens)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    width = max(len(k) for k in KEYS)
+
+    def value(v: Any) -> str:
+        return "-" if v is None else str(v) if isinstance(v, int) else f"{v:.4f}"
+
+    return "\n".join(f"{k.ljust(width)}  {value(result[k]).rjust(8)}" for k in KEYS)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "CAD code: run each output's CadQuery script in the sandbox and measure its solid against the reference: "
+        "executable share, volume IoU (a failure counts 0), Chamfer distance x10^3 (mean and median over the "
+        "executable outputs).")
+    parser.add_argument("--data", required=True, help='JSON lines of {"id", "description", "code"[, "images"]}')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", help='JSONL of {"id": record id, "output": raw model text}')
+    source.add_argument("--model", help="checkpoint to generate the outputs with")
+    parser.add_argument("--output", help="write the metrics JSON to this file")
+    parser.add_argument("--per-sample", help='write {"id", "executable", "iou", "chamfer", "reason"} rows here')
+    parser.add_argument("--frame", choices=("description", "unit_cube"), default="description",
+                        help="IoU frame: the solids as built (default) or each normalised into the unit cube")
+    parser.add_argument("--sandbox", choices=("bwrap", "unsafe_local"), default="bwrap",
+                        help="bwrap (isolated; default) or unsafe_local (no isolation: only for trusted outputs)")
+    parser.add_argument("--workers", type=int, default=None, help="sandbox workers (default: one per core)")
+    model = parser.add_argument_group("generation with --model")
+    model.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default 8)")
+    model.add_argument("--max-new-tokens", type=int, default=512, help="completion length cap (default 512)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``mmrl eval cad``: score, print the table, write ``--output`` and ``--per-sample``, return 0."""
+    records = load_cad(args.data)
+    if not records:
+        raise DataError(f"{args.data}: no records")
+    data = {"frame": args.frame, "sandbox": args.sandbox, "workers": args.workers}
+    unmatched = 0
+    if args.model is not None:
+        outputs: list[str | None] = list(_generate(records, args, data))
+    else:
+        found = predictions.read_predictions(args.predictions, _record_id)
+        outputs = [found.get(r.id) for r in records]
+        unmatched = len(set(found) - {r.id for r in records})
+    metrics, rows = evaluate(records, outputs, data)
+    result = {**{k: metrics[k] for k in KEYS if k != "unmatched"}, "unmatched": unmatched}
+    print(format_table(result))
+    if args.output is not None:
+        write_json_atomic(args.output, result)
+    if args.per_sample is not None:
+        atomic_write_text(args.per_sample, "".join(json.dumps(row) + "\n" for row in rows))
+    return 0

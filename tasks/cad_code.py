@@ -56,7 +56,8 @@ SANDBOX_MODULES = ["cadquery", "rewards.cad", "scipy.spatial"]
 """Imported once per sandbox worker (scipy's KD-tree is the Chamfer distance's: ~0.25 s a child otherwise)."""
 SANDBOX_PACKAGES = ["rewards"]
 CACHE_SIZE = 4096
-"""Measurements kept (by script and reference): every reward of a step and the evaluation share one run."""
+"""Measurements (by script and reference) and reference solids kept: every reward of a step and the evaluation
+share one run."""
 
 
 @dataclass
@@ -139,7 +140,7 @@ class Measurer:
         self._box: Sandbox | None = None
         self._lock = threading.Lock()
         self._runs: OrderedDict[str, Future] = OrderedDict()
-        self._references: dict[str, Future] = {}
+        self._references: OrderedDict[str, Future] = OrderedDict()
 
     def sandbox(self) -> Sandbox:
         with self._lock:
@@ -157,8 +158,9 @@ class Measurer:
             self._box.close()
             self._box = None
 
-    def _claim(self, table: dict, keys: list[str], jobs: list) -> list[Future]:
-        """Futures of ``keys``; the jobs of keys first seen here are run (in one batch over the pool)."""
+    def _claim(self, table: OrderedDict, keys: list[str], jobs: list) -> list[Future]:
+        """Futures of ``keys``; the jobs of keys first seen here are run (in one batch over the pool). The table
+        keeps the ``CACHE_SIZE`` most recently used."""
         with self._lock:
             futures, mine = [], []
             for key, job in zip(keys, jobs):
@@ -166,10 +168,9 @@ class Measurer:
                     table[key] = Future()
                     mine.append((table[key], job))
                 futures.append(table[key])
-                if table is self._runs:
-                    self._runs.move_to_end(key)
-            while len(self._runs) > CACHE_SIZE:
-                self._runs.popitem(last=False)
+                table.move_to_end(key)
+            while len(table) > CACHE_SIZE:
+                table.popitem(last=False)
         if mine:
             try:
                 results = self.sandbox().run_many([job for _, job in mine])

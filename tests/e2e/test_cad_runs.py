@@ -30,6 +30,10 @@ def test_shipped_cad_config_shortened_writes_before_and_after(tiny_cache, tmp_pa
     assert set(groups[0]["rewards"]) == {"executable", "iou"}
     assert all(g["answer"].startswith("```python\nimport cadquery as cq") for g in groups)
     assert '"iou"' in capsys.readouterr().out
+    parts = next((tiny_cache / "data").glob("cad_synthetic-eval-*/eval.jsonl"))
+    main(["eval", "cad", "--data", str(parts), "--model", str(run_dir / "final"), "--workers", "1",
+          "--max-new-tokens", "24", "--output", str(tmp_path / "metrics.json")])
+    assert '"n": 6' in (tmp_path / "metrics.json").read_text()
 
 
 def test_training_goes_on_when_the_scripts_are_hostile(tiny_cache, tmp_path):

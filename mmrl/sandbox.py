@@ -31,7 +31,6 @@ import json
 import os
 import queue
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.errors import ConfigError, MMRLError
+from mmrl.sandbox_worker import read_frame, write_frame
 
 MODES = ("bwrap", "unsafe_local")
 UNSAFE_LOCAL_LOSES = ("sandbox: unsafe_local runs model-written code WITHOUT isolation: it can read your files and "
@@ -179,32 +179,12 @@ def _environment(home: str) -> dict[str, str]:
     return {**env, **{k: os.environ[k] for k in PASS_ENV if k in os.environ}}
 
 
-def _send(stream, message: dict | bytes) -> None:
-    data = message if isinstance(message, bytes) else json.dumps(message).encode()
-    stream.write(struct.pack(">I", len(data)) + data)
-    stream.flush()
-
-
-def _receive(stream, deadline: float) -> dict:
+def _receive(fd: int, deadline: float) -> dict:
     """The next frame from a worker, or ``SandboxError`` when it dies or stays silent past ``deadline``."""
-    fd = stream.fileno()
-    head = _read(fd, 4, deadline)
-    return json.loads(_read(fd, struct.unpack(">I", head)[0], deadline))
-
-
-def _read(fd: int, n: int, deadline: float) -> bytes:
-    import select
-
-    buf = bytearray()
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise SandboxError("the sandbox worker stopped answering")
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            raise SandboxError("the sandbox worker died")
-        buf += chunk
-    return bytes(buf)
+    frame = read_frame(fd, deadline)
+    if frame is None:
+        raise SandboxError("the sandbox worker died or stopped answering")
+    return json.loads(bytes(frame))
 
 
 class _Worker:
@@ -223,11 +203,11 @@ class _Worker:
             config = {"paths": paths, "scratch": self.scratch, "init": False, "drop_uid": False}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=env, cwd=cwd, close_fds=True)
-        _send(self.proc.stdin, {**config, "modules": modules})
+        write_frame(self.proc.stdin.fileno(), {**config, "modules": modules})
 
     def wait_ready(self, timeout: float) -> None:
         try:
-            reply = _receive(self.proc.stdout, time.monotonic() + timeout)
+            reply = _receive(self.proc.stdout.fileno(), time.monotonic() + timeout)
         except SandboxError:
             self.stop()
             err = self.proc.stderr.read().decode(errors="replace").strip()
@@ -240,12 +220,12 @@ class _Worker:
         """The job's result; ``SandboxError`` when the worker dies or hangs (it is then stopped)."""
         stage = limits.timeout_s + 10.0
         try:
-            _send(self.proc.stdin, {"code": job.code, "prepare": job.prepare, "collect": job.collect,
+            write_frame(self.proc.stdin.fileno(), {"code": job.code, "prepare": job.prepare, "collect": job.collect,
                                     "measure": job.measure, "limits": asdict(limits)})
-            reply = _receive(self.proc.stdout, time.monotonic() + stage)
+            reply = _receive(self.proc.stdout.fileno(), time.monotonic() + stage)
             if reply.get("need") == "args":
-                _send(self.proc.stdin, json.dumps(job.args).encode())
-                reply = _receive(self.proc.stdout, time.monotonic() + stage)
+                write_frame(self.proc.stdin.fileno(), job.args)
+                reply = _receive(self.proc.stdout.fileno(), time.monotonic() + stage)
         except (OSError, ValueError, SandboxError) as exc:
             self.stop()
             raise SandboxError(str(exc)) from None

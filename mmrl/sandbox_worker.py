@@ -39,20 +39,20 @@ MAX_COLLECTED = 64 << 20
 """Largest result a script child may hand back (bytes)."""
 
 
-def read_frame(fd: int) -> bytearray | None:
-    """One length-prefixed frame from ``fd``; None at end of file."""
-    head = _read_exact(fd, 4)
-    if head is None:
-        return None
-    body = _read_exact(fd, struct.unpack(">I", head)[0])
-    if body is None:
-        return None
-    return body
+def read_frame(fd: int, deadline: float | None = None) -> bytearray | None:
+    """One length-prefixed frame from ``fd``; None at end of file, or when ``deadline`` (``time.monotonic()``)
+    passes first. The worker reads without a deadline; the parent (``mmrl.sandbox``) with one."""
+    head = _read_exact(fd, 4, deadline)
+    return None if head is None else _read_exact(fd, struct.unpack(">I", head)[0], deadline)
 
 
-def _read_exact(fd: int, n: int) -> bytearray | None:
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytearray | None:
     buf = bytearray()
     while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
         chunk = os.read(fd, n - len(buf))
         if not chunk:
             return None

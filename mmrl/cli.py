@@ -1,4 +1,4 @@
-"""The ``mmrl`` command: train, select, eval, list, demo, make-tiny, make-tiny-diffusion, diffusion."""
+"""The ``mmrl`` command: train, select, eval, curate, list, demo, make-tiny, make-tiny-diffusion, diffusion."""
 from __future__ import annotations
 
 import argparse
@@ -73,7 +73,8 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmrl.eval import cad, charades, detection, screenspot
+    from mmrl import curate
+    from mmrl.eval import cad, caption_qa, charades, detection, screenspot
 
     parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("cad", help="CAD code: executable share, volume IoU, Chamfer distance (sandboxed)")
     cad.add_arguments(p)
     p.set_defaults(func=cad.run)
+    p = ev.add_parser("caption_qa", help="captioning by QA: a text-only judge's accuracy from the captions (CapRL)")
+    caption_qa.add_arguments(p)
+    p.set_defaults(func=caption_qa.run)
+
+    cu = sub.add_parser("curate", help="curate training data").add_subparsers(dest="dataset", required=True)
+    p = cu.add_parser("caption_qa", help="CapRL QA curation: keep the questions that need the image")
+    curate.add_arguments(p)
+    p.set_defaults(func=curate.run)
     return parser
 
 

@@ -324,6 +324,12 @@ VIEW_JUDGES = Registry(
     "view judge", doc="``fn(description, reference: PIL.Image, prediction: PIL.Image) -> float`` in [0, 1]: an "
     "external evaluation of rendered CAD views (the cad_code task's ``judge`` reward, CAD-RL)",
 )
+QA_JUDGES = Registry(
+    "QA judge", builtins=("mmrl.judges",),
+    doc="classes ``cls(**args)`` with ``answer(queries: list[rewards.caption_qa.Query]) -> list[str]`` (the raw "
+    "answer text of each multiple-choice question, asked from the caption alone) and ``close()``: the caption_qa "
+    "task's judge (CapRL)",
+)
 MODEL_FAMILIES = Registry(
     "model family", builtins=("mmrl.models.families",),
     doc="adapters by ``config.model_type``: what the engine needs to know about a checkpoint family",
@@ -339,5 +345,5 @@ MODEL_FAMILIES = Registry(
 
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (
     TASKS, REWARDS, ADVANTAGES, POLICY_LOSSES, KL_ESTIMATORS, AGGREGATIONS, TOKEN_WEIGHTS, PROMPT_SAMPLERS, ROLLOUTS,
-    DIFFUSION_ALGORITHMS, IMAGE_REWARDS, RENDERERS, VIEW_JUDGES, MODEL_FAMILIES)}
+    DIFFUSION_ALGORITHMS, IMAGE_REWARDS, RENDERERS, VIEW_JUDGES, QA_JUDGES, MODEL_FAMILIES)}
 """Every registry by kind (what ``mmrl list`` prints)."""

@@ -43,7 +43,7 @@ def test_default_configs_come_from_the_package_whatever_the_working_directory(tm
 def test_missing_default_config_names_it_and_lists_the_shipped_ones():
     with pytest.raises(ConfigError) as e:
         default_config("nope")
-    shipped = "cad_code, detection, gui_grounding, rec, temporal_grounding;"
+    shipped = "cad_code, caption_qa, detection, gui_grounding, rec, temporal_grounding;"
     assert "task 'nope'" in str(e.value) and shipped in str(e.value)
     with pytest.raises(ConfigError) as e:
         default_config("nope", diffusion=True)

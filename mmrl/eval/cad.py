@@ -24,7 +24,7 @@ from typing import Any
 
 from mmrl.errors import DataError
 from mmrl.eval import predictions
-from mmrl.eval.records import bad_field, get_str, json_object, read_lines
+from mmrl.eval.records import bad_field, get_id, get_str, id_rows
 from mmrl.store import atomic_write_text, write_json_atomic
 from mmrl.task import opened, task_for_benchmark
 
@@ -45,18 +45,8 @@ def load_cad(path: str | Path) -> list[CadRecord]:
     """The records of a CAD JSONL (blank lines skipped); ``DataError`` naming the file and line for a malformed
     row, a missing field, a repeated id or a missing image."""
     path = Path(path)
-    records, seen = [], set()
-    for lineno, line in enumerate(read_lines(path, "CAD data"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        raw = json_object(line, where)
-        rid = raw.get("id")
-        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-            raise bad_field(where, "id", "a string or an integer", rid)
-        if str(rid) in seen:
-            raise DataError(f"{where}: duplicate id {rid!r}")
-        seen.add(str(rid))
+    records = []
+    for where, rid, raw in id_rows(path, "CAD data"):
         images = raw.get("images", [])
         if not (isinstance(images, list) and all(isinstance(i, str) for i in images)):
             raise bad_field(where, "images", "a list of image paths", images)
@@ -64,15 +54,9 @@ def load_cad(path: str | Path) -> list[CadRecord]:
         for image in resolved:
             if not Path(image).is_file():
                 raise DataError(f"{where}: image not found: {image}")
-        records.append(CadRecord(str(rid), get_str(raw, "description", where), get_str(raw, "code", where),
+        records.append(CadRecord(rid, get_str(raw, "description", where), get_str(raw, "code", where),
                                  resolved))
     return records
-
-
-def _record_id(row: dict[str, Any], where: str) -> str:
-    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-        raise bad_field(where, "id", "a string or an integer", row["id"])
-    return str(row["id"])
 
 
 def evaluate(records: list[CadRecord], outputs: list[str | None], data: dict[str, Any] | None = None,
@@ -116,20 +100,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CAD code: run each output's CadQuery script in the sandbox and measure its solid against the reference: "
         "executable share, volume IoU (a failure counts 0), Chamfer distance x10^3 (mean and median over the "
         "executable outputs).")
-    parser.add_argument("--data", required=True, help='JSON lines of {"id", "description", "code"[, "images"]}')
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--predictions", help='JSONL of {"id": record id, "output": raw model text}')
-    source.add_argument("--model", help="checkpoint to generate the outputs with")
-    parser.add_argument("--output", help="write the metrics JSON to this file")
-    parser.add_argument("--per-sample", help='write {"id", "executable", "iou", "chamfer", "reason"} rows here')
+    predictions.add_source_arguments(
+        parser, data='JSON lines of {"id", "description", "code"[, "images"]}',
+        outputs='JSONL of {"id": record id, "output": raw model text}',
+        per_sample='write {"id", "executable", "iou", "chamfer", "reason"} rows here', max_new_tokens=512)
     parser.add_argument("--frame", choices=("description", "unit_cube"), default="description",
                         help="IoU frame: the solids as built (default) or each normalised into the unit cube")
     parser.add_argument("--sandbox", choices=("bwrap", "unsafe_local"), default="bwrap",
                         help="bwrap (isolated; default) or unsafe_local (no isolation: only for trusted outputs)")
     parser.add_argument("--workers", type=int, default=None, help="sandbox workers (default: one per core)")
-    model = parser.add_argument_group("generation with --model")
-    model.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default 8)")
-    model.add_argument("--max-new-tokens", type=int, default=512, help="completion length cap (default 512)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         outputs: list[str | None] = list(_generate(records, args, data))
     else:
-        found = predictions.read_predictions(args.predictions, _record_id)
+        found = predictions.read_predictions(args.predictions, get_id)
         outputs = [found.get(r.id) for r in records]
         unmatched = len(set(found) - {r.id for r in records})
     metrics, rows = evaluate(records, outputs, data)

@@ -1,18 +1,18 @@
 """Prediction files shared by the evaluators: JSON lines ``{"id": ..., "output": "raw model text", ...}``."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from mmrl.errors import DataError
-from mmrl.eval.records import json_object, read_lines
+from mmrl.eval.records import json_rows
 
 K = TypeVar("K")
 
 
-def _row(line: str, where: str) -> dict[str, Any]:
-    """One JSON object with ``id`` and a string ``output``; ``DataError`` naming ``where`` otherwise."""
-    row = json_object(line, where)
+def _check(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A row with ``id`` and a string ``output``; ``DataError`` naming ``where`` otherwise."""
     for key in ("id", "output"):
         if key not in row:
             raise DataError(f"{where}: missing field {key!r}")
@@ -25,16 +25,29 @@ def read_predictions(path: str | Path, key: Callable[[dict[str, Any], str], K]) 
     """``{key(row, where): output}`` over the non-blank lines of ``path``; ``key`` checks the row's id fields and
     raises ``DataError`` naming ``where`` (``PATH:LINE``). A missing or unreadable file, a malformed line and a
     repeated key are ``DataError``s naming the file and 1-based line."""
-    path = Path(path)
-    lines = read_lines(path, "predictions")
     outputs: dict[K, str] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        row = _row(line, where)
-        k = key(row, where)
+    for where, row in json_rows(path, "predictions"):
+        k = key(_check(row, where), where)
         if k in outputs:
             raise DataError(f"{where}: duplicate id {k!r}")
         outputs[k] = row["output"]
     return outputs
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, *, data: str, outputs: str, per_sample: str,
+                         max_new_tokens: int) -> argparse._ArgumentGroup:
+    """The arguments every JSONL evaluator shares: ``--data`` (help ``data``), ``--predictions`` (rows ``{"id",
+    "output"}``, help ``outputs``) or ``--model``, ``--output`` (metrics JSON), ``--per-sample`` (help
+    ``per_sample``) and the "generation with --model" group (``--batch-size``, ``--max-new-tokens``), returned for
+    the evaluator's own generation options."""
+    parser.add_argument("--data", required=True, help=data)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", help=outputs)
+    source.add_argument("--model", help="checkpoint to generate the outputs with")
+    parser.add_argument("--output", help="write the metrics JSON to this file")
+    parser.add_argument("--per-sample", help=per_sample)
+    model = parser.add_argument_group("generation with --model")
+    model.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default 8)")
+    model.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                       help=f"completion length cap (default {max_new_tokens})")
+    return model

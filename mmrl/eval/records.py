@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from PIL import Image
 
@@ -37,6 +37,22 @@ def get_str(raw: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str):
         raise bad_field(where, key, "a string", value)
     return value
+
+
+def get_id(raw: dict[str, Any], where: str) -> str:
+    """The record's ``id`` (a string or an integer) as a string."""
+    value = get_field(raw, "id", where)
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise bad_field(where, "id", "a string or an integer", value)
+    return str(value)
+
+
+def get_file(raw: dict[str, Any], key: str, base: Path, where: str) -> Path:
+    """The path in ``raw[key]`` relative to the folder ``base``; ``DataError`` if that file does not exist."""
+    path = base / get_str(raw, key, where)
+    if not path.is_file():
+        raise DataError(f"{where}: image not found: {path}")
+    return path
 
 
 def get_numbers(raw: dict[str, Any], key: str, where: str, count: int) -> list[float]:
@@ -90,6 +106,28 @@ def json_object(line: str, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def json_rows(path: str | Path, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` for the lines of a JSONL file (``where`` = ``PATH:LINE``), blank lines skipped; ``DataError``
+    naming the file (``what`` it is) when it is missing or unreadable, and ``where`` for a line that is not a JSON
+    object."""
+    for lineno, line in enumerate(read_lines(path, what), start=1):
+        if line.strip():
+            where = f"{path}:{lineno}"
+            yield where, json_object(line, where)
+
+
+def id_rows(path: Path, what: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(where, id, row)`` for the rows of a JSONL of records with unique ids (``get_id``); ``DataError`` naming
+    ``PATH:LINE`` for a malformed line or a repeated id."""
+    seen: set[str] = set()
+    for where, raw in json_rows(path, what):
+        rid = get_id(raw, where)
+        if rid in seen:
+            raise DataError(f"{where}: duplicate id {rid!r}")
+        seen.add(rid)
+        yield where, rid, raw
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,22 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override '{key}' conflicts with another override")
         node[leaf] = value
     return nested
+
+
+def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
+    """``{key: value}`` of a repeatable command-line ``option``'s ``KEY=VALUE`` strings (e.g. ``--judge-arg``); a
+    value is read as JSON when it parses (numbers, true, null, lists), else kept as a string. ``ConfigError`` for
+    an item without ``=`` or key."""
+    args: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

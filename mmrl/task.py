@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mmrl.errors import ConfigError, MMRLError
+from mmrl.errors import ConfigError, DataError, MMRLError
 from mmrl.plugins import TASKS
 from mmrl.types import LoadContext, Sample
 
@@ -100,6 +100,19 @@ def opened(name: str, data: dict[str, Any]) -> Iterator[tuple[Task, Any]]:
         yield task, data_cfg
     finally:
         task.close()
+
+
+def read_split(split: str, cfg: Any, ctx: LoadContext, synthetic: Callable[[Any, str, str], Path],
+               read: Callable[[Path], list]) -> list:
+    """The records of ``split`` ("train" or "eval"): ``read`` of the file ``cfg.train`` or ``cfg.eval`` when it is
+    set, else of the synthetic file ``synthetic(cfg.synthetic, split, ctx.cache_dir)`` (generated once, cached); a
+    ``DataError`` naming the file when it holds no records."""
+    path = cfg.train if split == "train" else cfg.eval
+    source = Path(path) if path else synthetic(cfg.synthetic, split, ctx.cache_dir)
+    records = read(source)
+    if not records:
+        raise DataError(f"{source}: no records")
+    return records
 
 
 def task_for_benchmark(benchmark: str) -> str:

@@ -37,12 +37,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mmrl.errors import ConfigError, DataError
+from mmrl.errors import ConfigError
 from mmrl.eval.cad import CadRecord, load_cad
 from mmrl.plugins import RENDERERS, TASKS, VIEW_JUDGES
 from mmrl.sandbox import Job, Limits, Result, Sandbox, check_mode
 from mmrl.store import cached_build
-from mmrl.task import Task
+from mmrl.task import Task, read_split
 from mmrl.types import LoadContext, Sample
 from rewards import cad
 from tasks import cad_render, synthetic_cad
@@ -273,12 +273,7 @@ class CadCode(Task):
         self.measurer.close()
 
     def load(self, split: str, cfg: CadData, ctx: LoadContext) -> list[Sample]:
-        path = cfg.train if split == "train" else cfg.eval
-        source = Path(path) if path else synthetic_file(cfg.synthetic, split, ctx.cache_dir)
-        records = load_cad(source)
-        if not records:
-            raise DataError(f"{source}: no records")
-        return self.samples_from_records(records, cfg, ctx)
+        return self.samples_from_records(read_split(split, cfg, ctx, synthetic_file, load_cad), cfg, ctx)
 
     def samples_from_records(self, records: list[CadRecord], cfg: CadData, ctx: LoadContext) -> list[Sample]:
         template = cfg.prompt or (THINK_PROMPT if cfg.think else PROMPT)

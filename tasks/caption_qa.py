@@ -31,11 +31,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mmrl.errors import ConfigError, DataError
+from mmrl.errors import ConfigError
 from mmrl.eval.caption_qa import CaptionRecord, load_caption_qa
 from mmrl.plugins import QA_JUDGES, RENDERERS, TASKS
 from mmrl.store import cached_build
-from mmrl.task import Task
+from mmrl.task import Task, read_split
 from mmrl.types import LoadContext, Sample
 from rewards import caption_qa
 from tasks import synthetic_scenes
@@ -114,12 +114,7 @@ class CaptionQA(Task):
             self.judge.close()
 
     def load(self, split: str, cfg: CaptionQAData, ctx: LoadContext) -> list[Sample]:
-        path = cfg.train if split == "train" else cfg.eval
-        source = Path(path) if path else synthetic_file(cfg.synthetic, split, ctx.cache_dir)
-        records = load_caption_qa(source)
-        if not records:
-            raise DataError(f"{source}: no records")
-        return self.samples_from_records(records, cfg, ctx)
+        return self.samples_from_records(read_split(split, cfg, ctx, synthetic_file, load_caption_qa), cfg, ctx)
 
     def samples_from_records(self, records: list[CaptionRecord], cfg: CaptionQAData, ctx: LoadContext):
         return [Sample(id=r.id, prompt=cfg.prompt, images=[r.image], answer=r.caption or "",
@@ -161,13 +156,13 @@ def demo_judge(config: dict) -> Any:
 
 
 def judged_questions(judge, caption: str, mcqs: list[caption_qa.MCQ], k: int, rng) -> list[tuple[str, str, str, bool]]:
-    """The reward's K questions of one caption, as ``(question, judge's choice, right choice, correct)``."""
+    """The reward's K questions of one caption, as ``(question, judge's choice, right choice, correct)``, asked
+    and parsed as the reward asks them (``ask_judge``: a failing judge shows as "judge failed")."""
     drawn = caption_qa.draw_queries(caption, mcqs, k, rng)
-    answers = judge.answer([query for query, _ in drawn]) if drawn else []
+    reply = caption_qa.ask_judge(judge, [query for query, _ in drawn])
     rows = []
-    for (query, right), text in zip(drawn, answers):
-        picked = caption_qa.parse_letter(text, len(query.options))
-        shown = "unparsable answer" if picked is None else query.options[picked]
+    for (query, right), picked, failed in zip(drawn, reply.picks, reply.failed):
+        shown = "judge failed" if failed else "unparsable answer" if picked is None else query.options[picked]
         rows.append((query.question, shown, query.options[right], picked == right))
     return rows
 

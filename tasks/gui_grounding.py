@@ -16,12 +16,12 @@ from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mmrl.errors import ConfigError, DataError
+from mmrl.errors import ConfigError
 from mmrl.eval.screenspot import coord_scale, image_size
 from mmrl.eval.screenspot_format import GroundingRecord, load_screenspot
 from mmrl.plugins import TASKS
 from mmrl.store import cached_build
-from mmrl.task import Task
+from mmrl.task import Task, read_split
 from mmrl.types import IMAGE_MARK, LoadContext, Sample
 from rewards import gui
 from rewards.parsing import parse_point
@@ -134,11 +134,7 @@ class GuiGrounding(Task):
     def load(self, split: str, cfg: GuiGroundingData, ctx: LoadContext) -> list[Sample]:
         if cfg.answer_format not in PROMPTS:
             raise ConfigError(f"config key 'data.answer_format': {cfg.answer_format!r}; valid: point, box")
-        path = cfg.train if split == "train" else cfg.eval
-        source = Path(path) if path else synthetic_files(cfg.synthetic, split, ctx.cache_dir)
-        records = load_screenspot(source, image_dir=cfg.image_dir)
-        if not records:
-            raise DataError(f"{source}: no records")
+        records = read_split(split, cfg, ctx, synthetic_files, partial(load_screenspot, image_dir=cfg.image_dir))
         return self.samples_from_records(records, cfg, ctx)
 
     def samples_from_records(self, records: list[GroundingRecord], cfg: GuiGroundingData, ctx: LoadContext):

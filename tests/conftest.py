@@ -1,7 +1,11 @@
-"""Shared fixtures: one tiny Qwen2.5-VL checkpoint per test session, and overrides for tiny training runs."""
+"""Shared fixtures: one tiny Qwen2.5-VL checkpoint per test session, overrides for tiny training runs, and a tiny
+random open_clip CLIP."""
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from mmrl.config import TrainConfig, load_config
 from mmrl.models.tiny import make_tiny
@@ -51,3 +55,42 @@ def cold_model(tiny_cache, tmp_path_factory):
     summary = train(load_config(TrainConfig, None, overrides))
     assert summary["after"]["parsed"] > 0, "the cold start must teach the answer format"
     return out / "final"
+
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(argv) -> str``: run ``mmrl argv``, expect exit status 2 and one line on stderr, and return it."""
+    from mmrl.cli import main
+
+    def run(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    return run
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory):
+    """``(config_file, weights_file, model)``: a tiny random open_clip CLIP saved as a config and a state dict."""
+    open_clip = pytest.importorskip("open_clip")
+    folder = tmp_path_factory.mktemp("open_clip")
+    config_file = folder / "mmrl-test-tiny-clip.json"
+    config_file.write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(config_file)
+    torch.manual_seed(0)
+    model = open_clip.create_model("mmrl-test-tiny-clip").eval()
+    weights = folder / "tiny-clip.pt"
+    torch.save(model.state_dict(), weights)
+    return str(config_file), str(weights), model

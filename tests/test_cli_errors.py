@@ -3,19 +3,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from PIL import Image
 
-from mmrl.cli import main
-
-
-def run_cli(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def write_v1(folder, records, image_name="a.png", image=True):
@@ -39,53 +28,53 @@ def train_args(tmp_path, train_file):
             f"data.eval={train_file}", f"model.cache_dir={tmp_path / 'cache'}"]
 
 
-def test_unknown_config_key(tmp_path, capsys):
-    err = run_cli(["train", "gui_grounding", "grpo.lrr=1e-5", f"output_dir={tmp_path}"], capsys)
+def test_unknown_config_key(tmp_path, cli_error):
+    err = cli_error(["train", "gui_grounding", "grpo.lrr=1e-5", f"output_dir={tmp_path}"])
     assert "grpo.lrr" in err and "valid keys" in err
 
 
-def test_unknown_data_key(tmp_path, capsys):
-    err = run_cli(["train", "gui_grounding", "data.synthetic.n_trian=5", f"output_dir={tmp_path}",
-                   f"model.cache_dir={tmp_path / 'cache'}"], capsys)
+def test_unknown_data_key(tmp_path, cli_error):
+    err = cli_error(["train", "gui_grounding", "data.synthetic.n_trian=5", f"output_dir={tmp_path}",
+                     f"model.cache_dir={tmp_path / 'cache'}"])
     assert "data.synthetic.n_trian" in err
 
 
-def test_wrong_type(tmp_path, capsys):
-    err = run_cli(["train", "gui_grounding", "grpo.steps=many", f"output_dir={tmp_path}"], capsys)
+def test_wrong_type(tmp_path, cli_error):
+    err = cli_error(["train", "gui_grounding", "grpo.steps=many", f"output_dir={tmp_path}"])
     assert "grpo.steps" in err
 
 
-def test_missing_image(tmp_path, capsys):
+def test_missing_image(tmp_path, cli_error):
     path = write_v1(tmp_path / "d", [record(), record(img_filename="gone.png")])
-    err = run_cli(train_args(tmp_path, path), capsys)
+    err = cli_error(train_args(tmp_path, path))
     assert str(path) in err and "record 1" in err and "gone.png" in err
 
 
-def test_corrupt_png(tmp_path, capsys):
+def test_corrupt_png(tmp_path, cli_error):
     path = write_v1(tmp_path / "d", [record(img_filename="bad.png")], image=False)
     (tmp_path / "d" / "images" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    err = run_cli(train_args(tmp_path, path), capsys)
+    err = cli_error(train_args(tmp_path, path))
     assert "bad.png" in err and "record 0" in err
 
 
-def test_record_missing_a_field(tmp_path, capsys):
+def test_record_missing_a_field(tmp_path, cli_error):
     path = write_v1(tmp_path / "d", [record(), record(), record(bbox=None)])
-    err = run_cli(train_args(tmp_path, path), capsys)
+    err = cli_error(train_args(tmp_path, path))
     assert err.endswith(f"{path}: record 2: missing field 'bbox'")
 
 
-def test_malformed_prediction_line(tmp_path, capsys):
+def test_malformed_prediction_line(tmp_path, cli_error):
     path = write_v1(tmp_path / "d", [record()])
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"id": 0, "output": "(15, 15)"}\n{"id": 1, "outp\n')
-    err = run_cli(["eval", "screenspot", "--data", str(path), "--predictions", str(preds)], capsys)
+    err = cli_error(["eval", "screenspot", "--data", str(path), "--predictions", str(preds)])
     assert f"{preds}:2: invalid JSON" in err
 
 
-def test_fresh_run_into_an_earlier_run_is_refused(tmp_path, capsys):
+def test_fresh_run_into_an_earlier_run_is_refused(tmp_path, cli_error):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
-    err = run_cli(["train", "gui_grounding", f"output_dir={tmp_path / 'run'}"], capsys)
+    err = cli_error(["train", "gui_grounding", f"output_dir={tmp_path / 'run'}"])
     assert "already holds a run" in err and "resume=true" in err and "overwrite=true" in err
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
@@ -103,6 +92,6 @@ def test_overwrite_deletes_only_the_runs_files(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]
 
 
-def test_demo_on_a_missing_run_directory(tmp_path, capsys):
-    err = run_cli(["demo", str(tmp_path / "nope")], capsys)
+def test_demo_on_a_missing_run_directory(tmp_path, cli_error):
+    err = cli_error(["demo", str(tmp_path / "nope")])
     assert err == f"mmrl: error: run directory not found: {tmp_path / 'nope'}"

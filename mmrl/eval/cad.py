@@ -17,7 +17,6 @@ the script failed, "" when it ran). Predictions are JSON lines ``{"id": record i
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 from mmrl.errors import DataError
 from mmrl.eval import predictions
 from mmrl.eval.records import bad_field, get_id, get_str, id_rows
-from mmrl.store import atomic_write_text, write_json_atomic
 from mmrl.task import opened, task_for_benchmark
 
 KEYS = ("executable", "iou", "chamfer_mean", "chamfer_median", "n", "missing", "unmatched")
@@ -126,9 +124,4 @@ def run(args: argparse.Namespace) -> int:
         unmatched = len(set(found) - {r.id for r in records})
     metrics, rows = evaluate(records, outputs, data)
     result = {**{k: metrics[k] for k in KEYS if k != "unmatched"}, "unmatched": unmatched}
-    print(format_table(result))
-    if args.output is not None:
-        write_json_atomic(args.output, result)
-    if args.per_sample is not None:
-        atomic_write_text(args.per_sample, "".join(json.dumps(row) + "\n" for row in rows))
-    return 0
+    return predictions.report(args, format_table(result), result, rows)

@@ -21,16 +21,15 @@ image (``--model`` with ``--samples N`` samples them). Metrics:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmrl.config import parse_key_values
 from mmrl.errors import ConfigError, DataError
 from mmrl.eval import predictions
 from mmrl.eval.records import bad_field, get_field, get_file, get_id, id_rows
-from mmrl.store import atomic_write_text, write_json_atomic
 from rewards.caption_qa import MCQ, mcq_from_dict
 
 KEYS = ("qa_accuracy", "qa_accuracy_best_of_n", "words", "n", "samples", "missing", "unmatched", "judge_failures")
@@ -112,16 +111,7 @@ def evaluate(records: list[CaptionRecord], captions: list[list[str]], data: dict
 
 
 def _judge_settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
-    for item in args.judge_arg:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--judge-arg {item!r}: expected KEY=VALUE")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
-    return {"judge": args.judge, "judge_args": settings}
+    return {"judge": args.judge, "judge_args": parse_key_values(args.judge_arg, "--judge-arg")}
 
 
 def _generate(records: list[CaptionRecord], args: argparse.Namespace, data: dict[str, Any]) -> list[list[str]]:
@@ -173,9 +163,4 @@ def run(args: argparse.Namespace) -> int:
         unmatched = len({rid for rid, _ in found} - {r.id for r in records})
     metrics, rows = evaluate(records, captions, data)
     result = {**metrics, "unmatched": unmatched}
-    print(format_table(result))
-    if args.output is not None:
-        write_json_atomic(args.output, result)
-    if args.per_sample is not None:
-        atomic_write_text(args.per_sample, "".join(json.dumps(row) + "\n" for row in rows))
-    return 0
+    return predictions.report(args, format_table(result), result, rows)

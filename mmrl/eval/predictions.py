@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from mmrl.errors import DataError
 from mmrl.eval.records import json_rows
+from mmrl.store import atomic_write_text, write_json_atomic
 
 K = TypeVar("K")
 
@@ -51,3 +53,14 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, data: str, outputs:
     model.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
                        help=f"completion length cap (default {max_new_tokens})")
     return model
+
+
+def report(args: argparse.Namespace, table: str, result: dict[str, Any], rows: list[dict[str, Any]]) -> int:
+    """The end of a JSONL evaluator's ``run``: print ``table`` (``result`` formatted), write ``result`` to
+    ``--output`` (JSON) and ``rows`` to ``--per-sample`` (JSON lines), atomically, when given; returns 0."""
+    print(table)
+    if args.output is not None:
+        write_json_atomic(args.output, result)
+    if args.per_sample is not None:
+        atomic_write_text(args.per_sample, "".join(json.dumps(row) + "\n" for row in rows))
+    return 0

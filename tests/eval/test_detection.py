@@ -116,16 +116,6 @@ def no_image_reads(monkeypatch):
     monkeypatch.setattr(Image, "open", refuse)
 
 
-def _cli_error(argv: list[str], capsys) -> str:
-    """The one-line stderr of ``mmrl`` exiting with status 2."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 # ---------------------------------------------------------------- detection: metrics
 
 
@@ -207,13 +197,13 @@ def test_missing_outputs_are_empty_answers_not_unparsable(tmp_path):
     (lambda d: d["annotations"][2].update(image_id=77),
      "instances.json: annotations[2]: image_id 77 names no image in 'images'"),
 ])
-def test_bad_coco_file_names_file_and_record(tmp_path, capsys, change, message):
+def test_bad_coco_file_names_file_and_record(tmp_path, change, message, cli_error):
     data = {"images": json.loads(json.dumps(IMAGES)), "annotations": json.loads(json.dumps(ANNOTATIONS)),
             "categories": CATEGORIES}
     change(data)
     path = _write_json(tmp_path / "instances.json", data)
     preds = _predictions(tmp_path / "p.jsonl", OUTPUTS)
-    err = _cli_error(["eval", "detection", "--data", str(path), "--predictions", str(preds)], capsys)
+    err = cli_error(["eval", "detection", "--data", str(path), "--predictions", str(preds)])
     assert err.startswith(f"mmrl: error: {tmp_path}/{message}")
 
 
@@ -223,15 +213,15 @@ def test_bad_coco_file_names_file_and_record(tmp_path, capsys, change, message):
     ('{"id": 1}', "missing field 'output'"),
     ('{"id": 1, "output": "again"}', "duplicate id 1"),
 ])
-def test_bad_prediction_line_names_file_and_line(tmp_path, capsys, line, message):
+def test_bad_prediction_line_names_file_and_line(tmp_path, line, message, cli_error):
     data = _coco(tmp_path / "instances.json")
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"id": 1, "output": "[]"}\n\n' + line + "\n")
-    err = _cli_error(["eval", "detection", "--data", str(data), "--predictions", str(preds)], capsys)
+    err = cli_error(["eval", "detection", "--data", str(data), "--predictions", str(preds)])
     assert err.startswith(f"mmrl: error: {preds}:3: {message}")
 
 
-def test_corrupt_image_is_named_when_it_is_read(tmp_path, capsys, monkeypatch):
+def test_corrupt_image_is_named_when_it_is_read(tmp_path, monkeypatch, cli_error):
     from tasks.detection import CocoDetection, DetectionData
     from mmrl.types import LoadContext
 
@@ -254,11 +244,11 @@ def test_corrupt_image_is_named_when_it_is_read(tmp_path, capsys, monkeypatch):
     import mmrl.eval.generate as generate
 
     monkeypatch.setattr(generate, "benchmark_outputs", lambda *a, **k: pytest.fail("generated despite a bad image"))
-    err = _cli_error(["eval", "detection", "--data", str(data), "--model", str(tmp_path / "model")], capsys)
+    err = cli_error(["eval", "detection", "--data", str(data), "--model", str(tmp_path / "model")])
     assert err.startswith(f"mmrl: error: {data}: image id 2: cannot read image {tmp_path / 'images' / 'two.png'}: ")
     # and a wrong size is named too (the coordinate map uses the annotated one)
     Image.new("RGB", (60, 50)).save(tmp_path / "images" / "two.png")
-    err = _cli_error(["eval", "detection", "--data", str(data), "--model", str(tmp_path / "model")], capsys)
+    err = cli_error(["eval", "detection", "--data", str(data), "--model", str(tmp_path / "model")])
     assert err == f"mmrl: error: {data}: image id 2: {tmp_path / 'images' / 'two.png'} is 60x50, annotated 120x100"
 
 
@@ -396,24 +386,24 @@ def test_rec_0_1000_reads_the_image_sizes(tmp_path):
     assert json.loads(out.read_text())["acc@0.5"] == 0.0
 
 
-def test_rec_bad_input_names_file_and_line(tmp_path, capsys):
+def test_rec_bad_input_names_file_and_line(tmp_path, cli_error):
     data = _rec_data(tmp_path)
     preds = _predictions(tmp_path / "p.jsonl", REC_0_1000)
     argv = ["eval", "rec", "--data", str(data), "--predictions", str(preds), "--coords", "0-1000"]
     # a corrupt image, read for its size: named with the first line that uses it (line 4, id 3)
     (tmp_path / "b.png").write_bytes(b"garbage bytes, not a PNG")
-    err = _cli_error(argv, capsys)
+    err = cli_error(argv)
     assert err.startswith(f"mmrl: error: {data}:4: cannot read image {tmp_path / 'b.png'}: ")
     # a missing one
     (tmp_path / "b.png").unlink()
-    assert _cli_error(argv, capsys) == f"mmrl: error: {data}:4: image not found: {tmp_path / 'b.png'}"
+    assert cli_error(argv) == f"mmrl: error: {data}:4: image not found: {tmp_path / 'b.png'}"
     # a malformed line of the REC file
     data.write_text(data.read_text().replace('"blue car"', "'blue car'"))
-    assert _cli_error(argv, capsys).startswith(f"mmrl: error: {data}:3: invalid JSON")
+    assert cli_error(argv).startswith(f"mmrl: error: {data}:3: invalid JSON")
     # a malformed line of the predictions file
     _rec_data(tmp_path)
     preds.write_text('{"id": 0, "output": "[1, 1, 2, 2]"}\n{"id": 2, "output": [1, 1, 2, 2]}\n')
-    assert _cli_error(argv, capsys) == f"mmrl: error: {preds}:2: field 'output' must be a string"
+    assert cli_error(argv) == f"mmrl: error: {preds}:2: field 'output' must be a string"
 
 
 def test_read_predictions_keys_are_integer_ids(tmp_path):

@@ -1,7 +1,6 @@
 """Image rewards: weight-free ones against hand-computed numbers and PIL, model-based ones (tiny open_clip and HF
 CLIP models written here) against the same score computed by hand through the libraries' own preprocessing."""
 import io
-import json
 import math
 import re
 
@@ -117,28 +116,6 @@ def test_weight_free_rewards_survive_non_finite_pixels(name):
 
 
 # ------------------------------------------------------------------------------------------------- open_clip
-
-TINY_OPEN_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_open_clip(tmp_path_factory):
-    """``(config_file, weights_file, model)``: a tiny random open_clip CLIP saved as a config and a state dict."""
-    open_clip = pytest.importorskip("open_clip")
-    folder = tmp_path_factory.mktemp("open_clip")
-    config_file = folder / "mmrl-test-tiny-clip.json"
-    config_file.write_text(json.dumps(TINY_OPEN_CLIP))
-    open_clip.add_model_config(config_file)
-    torch.manual_seed(0)
-    model = open_clip.create_model("mmrl-test-tiny-clip").eval()
-    weights = folder / "tiny-clip.pt"
-    torch.save(model.state_dict(), weights)
-    return str(config_file), str(weights), model
-
 
 def clip_reference(model, images, prompts):
     """Normalised embeddings through open_clip's own PIL eval transform and tokenizer."""

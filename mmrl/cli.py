@@ -74,7 +74,7 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from mmrl import curate
-    from mmrl.eval import cad, caption_qa, charades, detection, screenspot
+    from mmrl.eval import cad, caption_qa, charades, detection, geneval, screenspot
 
     parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("caption_qa", help="captioning by QA: a text-only judge's accuracy from the captions (CapRL)")
     caption_qa.add_arguments(p)
     p.set_defaults(func=caption_qa.run)
+    p = ev.add_parser("geneval", help="GenEval: objects, counts, colours and positions in generated images")
+    geneval.add_arguments(p)
+    p.set_defaults(func=geneval.run)
 
     cu = sub.add_parser("curate", help="curate training data").add_subparsers(dest="dataset", required=True)
     p = cu.add_parser("caption_qa", help="CapRL QA curation: keep the questions that need the image")

@@ -330,6 +330,13 @@ QA_JUDGES = Registry(
     "answer text of each multiple-choice question, asked from the caption alone) and ``close()``: the caption_qa "
     "task's judge (CapRL)",
 )
+GENEVAL_DETECTORS = Registry(
+    "GenEval detector", builtins=("tasks.mini_geneval", "mmrl.eval.geneval_detector"),
+    doc="classes ``cls(**args)`` with ``detect(images: list[PIL.Image], metadata: list[dict]) -> list[list[dict]]`` "
+    "(per image, every object found, unthresholded: ``{class, box: [x1, y1, x2, y2], score, color}``, ``color`` "
+    "from a colour classifier or None) and ``close()``: ``mmrl eval geneval``'s detector "
+    "(``mmrl.eval.geneval.Detector``)",
+)
 MODEL_FAMILIES = Registry(
     "model family", builtins=("mmrl.models.families",),
     doc="adapters by ``config.model_type``: what the engine needs to know about a checkpoint family",
@@ -345,5 +352,6 @@ MODEL_FAMILIES = Registry(
 
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (
     TASKS, REWARDS, ADVANTAGES, POLICY_LOSSES, KL_ESTIMATORS, AGGREGATIONS, TOKEN_WEIGHTS, PROMPT_SAMPLERS, ROLLOUTS,
-    DIFFUSION_ALGORITHMS, IMAGE_REWARDS, RENDERERS, VIEW_JUDGES, QA_JUDGES, MODEL_FAMILIES)}
+    DIFFUSION_ALGORITHMS, IMAGE_REWARDS, RENDERERS, VIEW_JUDGES, QA_JUDGES, GENEVAL_DETECTORS,
+    MODEL_FAMILIES)}
 """Every registry by kind (what ``mmrl list`` prints)."""

@@ -115,6 +115,36 @@ class PPOConfig:
 
 
 @dataclass
+class SteerConfig:
+    """FK steering at inference (``mmrl.diffusion.steering``; ``mmrl diffusion steer`` reads this section of a
+    diffusion config, its flags override it)."""
+
+    particles: int = 4
+    """Particles N per image: each steered image costs N × steps denoiser calls, as best-of-N does."""
+    potential: str = "max"
+    """How the rewards of a particle's x̂0 predictions become its potential: max, add, diff or rt."""
+    lmbda: float = 10.0
+    """λ of the potentials ``exp(λ·…)`` (``lambda`` is a Python keyword)."""
+    resample_every: int = 5
+    """Evaluate the potentials (decode x̂0, score it) every this many steps from ``resample_start``."""
+    resample_start: int = 0
+    """First step (0-based) whose x̂0 is scored."""
+    resample_end: int | None = None
+    """Last scheduled step, inclusive (None: the last step). The final step is always scored."""
+    adaptive: bool = False
+    """At a scheduled step resample only when the effective sample size is below N/2 (else always)."""
+    steps: int = 40
+    """Denoising steps."""
+    stochasticity: float | None = None
+    """DDIM η (SD 1.x) or the flow SDE's noise level a (SD3); None: 1.0 for DDIM, 0.7 for the flow SDE.
+    Resampling duplicates particles, and only a stochastic sampler lets the copies diverge again."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance scale (1: off)."""
+    rewards: list[RewardSpec] = field(default_factory=list)
+    """The reward whose tilt ``exp(λ·r)`` the particles target (weighted sum); empty: the config's ``rewards``."""
+
+
+@dataclass
 class DiffusionConfig:
     algorithm: str = "ddpo"
     """A name of ``mmrl.plugins.DIFFUSION_ALGORITHMS``: alignprop, ddpo, flow_grpo, awm, or a plugin's."""
@@ -148,6 +178,8 @@ class DiffusionConfig:
     """Steps, batch and optimiser."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """Clipped policy-gradient updates shared by DDPO and Flow-GRPO."""
+    steer: SteerConfig = field(default_factory=SteerConfig)
+    """FK steering settings used when sampling with steering (``mmrl diffusion steer --config``)."""
     algorithm_args: dict[str, Any] = field(default_factory=dict)
     """Settings of ``algorithm``, the fields of its registered config dataclass (unset ones keep their defaults):
     ``alignprop``: grad_steps, random_grad_steps; ``ddpo``: stat_buffer, stat_min_count; ``flow_grpo``: beta,

@@ -33,12 +33,19 @@ def write_samples(policy: DiffusionPolicy, records: list[dict], out: str | Path,
     out = Path(out)
     generator = torch.Generator().manual_seed(seed)
     for index, record in enumerate(tqdm(records, desc="sampling", disable=not progress)):
-        folder = out / f"{index:05d}"
-        (folder / "samples").mkdir(parents=True, exist_ok=True)
-        (folder / "metadata.jsonl").write_text(json.dumps(record) + "\n")
+        folder = prompt_folder(out, index, record)
         for start in range(0, per_prompt, batch_size):
             count = min(batch_size, per_prompt - start)
             images = sample_images(policy, [record["prompt"]] * count, steps, resolution, guidance_scale, generator)
             for k, image in enumerate(images):
                 to_png(image, folder / "samples" / f"{start + k:04d}.png")
     return out
+
+
+def prompt_folder(out: str | Path, index: int, record: dict) -> Path:
+    """``OUT/{index:05d}/`` of GenEval's layout with its ``metadata.jsonl`` (the prompt's record) and an empty
+    ``samples/``, where the images go as ``samples/0000.png ...``."""
+    folder = Path(out) / f"{index:05d}"
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    (folder / "metadata.jsonl").write_text(json.dumps(record) + "\n")
+    return folder

@@ -8,7 +8,11 @@ per-sample timesteps and can re-score a stored transition.
 
 * ``ddim_step_with_logprob`` — DDIM (Song et al. 2021) with stochasticity ``eta`` as in DDPO (Black et al. 2023).
 * ``flow_sde_step_with_logprob`` — Flow-GRPO's SDE (Liu et al. 2025) with the same marginals as the flow ODE.
-* ``DDIMSampler`` / ``FlowSampler`` — the step schedule of one sampling run; ``rollout`` runs one.
+* ``DDIMSampler`` / ``FlowSampler`` — the step schedule of one sampling run; ``sample_step`` takes one step of it
+  (one denoiser call), ``rollout`` runs them all.
+
+Every step also returns the clean-image prediction x̂0 it implies (``Step.pred_original_sample``), which FK
+steering (``mmrl.diffusion.steering``) scores between steps.
 """
 from __future__ import annotations
 
@@ -36,9 +40,9 @@ def _per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _draw(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | None,
-          generator: torch.Generator | None) -> "Step":
+          generator: torch.Generator | None, x0: torch.Tensor | None = None) -> "Step":
     """``prev_sample = mean + std·z`` (unless given) and its log-prob; a deterministic step (std = 0) has
-    log-prob 0 by convention (it is not a random action)."""
+    log-prob 0 by convention (it is not a random action). ``x0`` is the step's clean-image prediction."""
     if prev_sample is None:
         device = generator.device if generator is not None else mean.device
         noise = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
@@ -48,17 +52,19 @@ def _draw(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | Non
         log_prob = gaussian_logprob(prev_sample, mean, std)
     else:
         log_prob = torch.zeros(len(mean), dtype=mean.dtype, device=mean.device)
-    return Step(prev_sample, log_prob, mean, std_b)
+    return Step(prev_sample, log_prob, mean, std_b, x0)
 
 
 @dataclass
 class Step:
-    """One stochastic denoising step: the next state, its log-prob, and the Gaussian it was drawn from."""
+    """One stochastic denoising step: the next state, its log-prob, the Gaussian it was drawn from, and the
+    clean-image prediction x̂0 of the state it started from."""
 
     prev_sample: torch.Tensor
     log_prob: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
 
 
 def ddim_step_with_logprob(scheduler, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor,
@@ -88,7 +94,7 @@ def ddim_step_with_logprob(scheduler, model_output: torch.Tensor, timestep: torc
     x0 = (sample - (1 - a_t).sqrt() * eps) / a_t.sqrt()
     std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
     mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
-    return _draw(mean, std, prev_sample, generator)
+    return _draw(mean, std, prev_sample, generator, x0)
 
 
 def _epsilon(prediction_type: str, output: torch.Tensor, sample: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,8 @@ def flow_sde_step_with_logprob(sigma: torch.Tensor, sigma_next: torch.Tensor, ve
                                prev_sample: torch.Tensor | None = None,
                                generator: torch.Generator | None = None) -> Step:
     """Flow-GRPO's SDE step (Liu et al. 2025, eq. 9) for a rectified-flow model ``x_σ = (1−σ)·x0 + σ·ε``, whose
-    network predicts ``v = ε − x0``. The SDE has the flow ODE's marginals; with noise level ``a``::
+    network predicts ``v = ε − x0`` (so the step's clean-image prediction is ``x̂0 = x − σ·v``). The SDE has the
+    flow ODE's marginals; with noise level ``a``::
 
         std  = a·sqrt(σ / (1 − σ))           (σ = 1 in the denominator replaced by ``sigma_max``)
         dt   = σ_next − σ  (< 0)
@@ -127,7 +134,7 @@ def flow_sde_step_with_logprob(sigma: torch.Tensor, sigma_next: torch.Tensor, ve
     dt = sigma_next - sigma
     mean = (sample * (1 + std**2 / (2 * sigma) * dt)
             + velocity * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt)
-    return _draw(mean, std * (-dt).sqrt(), prev_sample, generator)
+    return _draw(mean, std * (-dt).sqrt(), prev_sample, generator, sample - sigma * velocity)
 
 
 class _ScheduleSampler:
@@ -192,6 +199,14 @@ class Trajectory:
         return self.latents[:, -1]
 
 
+def sample_step(denoise: Denoise, sampler, i: int, x: torch.Tensor, generator: torch.Generator | None = None,
+                eta: float | None = None) -> Step:
+    """Step ``i`` of ``sampler`` from ``x``: one denoiser call at the step's model timestep, then the sampler's
+    update (``rollout`` runs these; FK steering runs them with resampling in between)."""
+    t = sampler.model_time(i).to(x.device)
+    return sampler.step(i, denoise(x, t), x, generator=generator, eta=eta)
+
+
 def rollout(denoise: Denoise, sampler, latents: torch.Tensor, generator: torch.Generator | None = None,
             grad_steps: int = 0, eta: float | None = None, checkpointed: bool = True) -> Trajectory:
     """Run every step of ``sampler`` from ``latents``. Without gradients unless ``grad_steps = K > 0``: then
@@ -205,10 +220,14 @@ def rollout(denoise: Denoise, sampler, latents: torch.Tensor, generator: torch.G
         if with_grad and i == n - grad_steps:
             x = x.detach()
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
-            t = sampler.model_time(i).to(x.device)
-            out = checkpoint(denoise, x, t, use_reentrant=False) if with_grad and checkpointed else denoise(x, t)
-            step = sampler.step(i, out, x, generator=generator, eta=eta)
+            call = _checkpointed(denoise) if with_grad and checkpointed else denoise
+            step = sample_step(call, sampler, i, x, generator, eta)
         x = step.prev_sample
         states.append(x if with_grad else x.detach())
         log_probs.append(step.log_prob.detach())
     return Trajectory(torch.stack(states, dim=1), torch.stack(log_probs, dim=1), sampler.timesteps.clone())
+
+
+def _checkpointed(denoise: Denoise) -> Denoise:
+    """``denoise`` under activation checkpointing (activations recomputed in the backward pass)."""
+    return lambda x, t: checkpoint(denoise, x, t, use_reentrant=False)

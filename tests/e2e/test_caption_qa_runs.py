@@ -54,19 +54,20 @@ def test_the_inspector_redraws_the_rewards_questions(run_dir, monkeypatch):
     first = next(c for c in group["answer"].split(": ")[1].split(", ") if c != "empty").rstrip(".")
     captions = [group["answer"].replace(first, "blurry thing", 1)] * 4
     fields = {"qa": [group["fields"]["qa"]] * 4, "qa_key": [group["fields"]["qa_key"]] * 4, "step": [2] * 4}
-    with opened("caption_qa", {}) as (task, cfg):
+    k = view.config()["data"]["k"]  # the run's K (the shipped config's)
+    with opened("caption_qa", {"k": k}) as (task, cfg):
         rewards = task.reward_functions(cfg)["qa"](captions, **fields)
     rows_seen = []
     monkeypatch.setattr(caption_qa, "text_panel", lambda picture, caption, rows: rows_seen.append(rows) or picture)
     for index, caption in enumerate(captions):
         sample = Sample(group=0, index=index, total=None, advantage=None, rewards={}, completion=caption)
         RENDERERS.get("caption_qa")(view, group, sample, {})
-        assert len(rows_seen[-1]) == 8
-        assert sum(ok for *_, ok in rows_seen[-1]) / 8 == pytest.approx(rewards[index])
+        assert len(rows_seen[-1]) == k
+        assert sum(ok for *_, ok in rows_seen[-1]) / k == pytest.approx(rewards[index])
     assert len(set(rewards)) > 1 or 0.0 < rewards[0] < 1.0
     logged = Sample(group=0, index=1, total=None, advantage=None, rewards={}, completion=group["completions"][1])
     RENDERERS.get("caption_qa")(view, group, logged, {})
-    assert sum(ok for *_, ok in rows_seen[-1]) / 8 == pytest.approx(group["rewards"]["qa"][1])
+    assert sum(ok for *_, ok in rows_seen[-1]) / k == pytest.approx(group["rewards"]["qa"][1])
 
 
 class BrokenJudge:

@@ -38,8 +38,9 @@ def cmd_make_tiny_diffusion(args) -> None:
     from mmrl.diffusion.tiny import make_tiny_diffusion
 
     out = make_tiny_diffusion(args.out_dir, kind=args.kind, seed=args.seed, resolution=args.resolution,
-                              pretrain_steps=args.pretrain_steps)
-    trained = f", pre-trained {args.pretrain_steps} steps" if args.pretrain_steps else ""
+                              pretrain_steps=args.pretrain_steps, world=args.world, vae_steps=args.vae_steps)
+    trained = f", pre-trained {args.pretrain_steps} steps on {args.world}" if args.pretrain_steps else ""
+    trained += f", VAE {args.vae_steps} steps" if args.vae_steps else ""
     print(f"wrote tiny {args.kind} diffusion pipeline ({args.resolution}x{args.resolution}{trained}) to {out}")
 
 
@@ -113,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=32, help="default image size, a multiple of 8 (default 32)")
     p.add_argument("--pretrain-steps", type=int, default=0,
-                   help="pre-train the denoiser this many steps on synthetic disc images (default 0: random)")
+                   help="pre-train the denoiser this many steps on synthetic images (default 0: random)")
+    p.add_argument("--world", default="discs",
+                   help="the synthetic images: discs (default) or mini_geneval (mmrl list 'pre-training world')")
+    p.add_argument("--vae-steps", type=int, default=0,
+                   help="train the VAE this many steps on the world's images first (default 0: random VAE)")
     p.set_defaults(func=cmd_make_tiny_diffusion)
 
     p = sub.add_parser("list", help="every registry (tasks, rewards, algorithm parts, diffusion algorithms, ...): "

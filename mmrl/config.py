@@ -301,16 +301,8 @@ def default_config(name: str, *, diffusion: bool = False) -> Path:
     """The shipped ``configs/<name>/tiny.yaml`` (``configs/diffusion/<name>/tiny.yaml`` for a diffusion algorithm),
     found through the import system whatever the working directory: a config of one's own goes through
     ``--config`` (``mmrl diffusion train ALGORITHM CONFIG``), never a ``configs/`` folder that happens to be in
-    the working directory.
-
-    ``configs/`` has no ``__init__.py``, so the package is a namespace package; its folders are read from the import
-    spec because ``importlib.resources.files`` rejects the non-folder entry an editable install puts in a namespace
-    package's path (before Python 3.13)."""
-    spec = importlib.util.find_spec(CONFIG_PACKAGE)
-    if spec is None or spec.submodule_search_locations is None:
-        raise ConfigError(f"the {CONFIG_PACKAGE} package (mmrl's configs/ folder) is not installed; reinstall mmrl "
-                          "(pip install -e . in a checkout)")
-    folders = [Path(p, "diffusion" if diffusion else "") for p in spec.submodule_search_locations]
+    the working directory."""
+    folders = [Path(p, "diffusion" if diffusion else "") for p in _package_folders(CONFIG_PACKAGE, "configs/")]
     folders = [f for f in folders if f.is_dir()]
     for folder in folders:
         if (folder / name / "tiny.yaml").is_file():
@@ -320,6 +312,32 @@ def default_config(name: str, *, diffusion: bool = False) -> Path:
                          else ("task", "configs/", "pass --config FILE"))
     raise ConfigError(f"no default config for {kind} {name!r}: mmrl ships {where}<name>/tiny.yaml for "
                       f"{', '.join(shipped) or 'none'}; {hint}")
+
+
+DATA_PACKAGE = "mmrl_data"
+"""The repository's ``data/`` folder as installed (only the files a command reads by default, e.g. GenEval's
+prompts; pyproject.toml lists them), mapped like ``configs/``."""
+
+
+def _package_folders(package: str, folder: str) -> list[str]:
+    """The folders of the namespace package ``package`` (the repository's ``folder`` as installed).
+
+    The package has no ``__init__.py``; its folders are read from the import spec because
+    ``importlib.resources.files`` rejects the non-folder entry an editable install puts in a namespace package's
+    path (before Python 3.13)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ConfigError(f"the {package} package (mmrl's {folder} folder) is not installed; reinstall mmrl "
+                          "(pip install -e . in a checkout)")
+    return list(spec.submodule_search_locations)
+
+
+def shipped_data(relative: str) -> Path:
+    """The file ``data/<relative>`` that mmrl ships (``mmrl_data``), found whatever the working directory."""
+    for folder in _package_folders(DATA_PACKAGE, "data/"):
+        if (Path(folder) / relative).is_file():
+            return Path(folder) / relative
+    raise ConfigError(f"mmrl's data file {relative!r} is missing from the {DATA_PACKAGE} package; reinstall mmrl")
 
 
 def to_dict(cfg) -> dict[str, Any]:

@@ -337,6 +337,11 @@ GENEVAL_DETECTORS = Registry(
     "from a colour classifier or None) and ``close()``: ``mmrl eval geneval``'s detector "
     "(``mmrl.eval.geneval.Detector``)",
 )
+PRETRAIN_WORLDS = Registry(
+    "pre-training world", builtins=("mmrl.diffusion.pretrain", "tasks.mini_geneval"),
+    doc="``fn(n, resolution, generator) -> (images [n, 3, R, R] in [-1, 1], prompts)``: the synthetic images and "
+    "prompts a tiny diffusion pipeline is pre-trained on (``model.tiny_world``, ``mmrl.diffusion.pretrain``)",
+)
 MODEL_FAMILIES = Registry(
     "model family", builtins=("mmrl.models.families",),
     doc="adapters by ``config.model_type``: what the engine needs to know about a checkpoint family",
@@ -352,6 +357,6 @@ MODEL_FAMILIES = Registry(
 
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (
     TASKS, REWARDS, ADVANTAGES, POLICY_LOSSES, KL_ESTIMATORS, AGGREGATIONS, TOKEN_WEIGHTS, PROMPT_SAMPLERS, ROLLOUTS,
-    DIFFUSION_ALGORITHMS, IMAGE_REWARDS, RENDERERS, VIEW_JUDGES, QA_JUDGES, GENEVAL_DETECTORS,
+    DIFFUSION_ALGORITHMS, IMAGE_REWARDS, RENDERERS, VIEW_JUDGES, QA_JUDGES, GENEVAL_DETECTORS, PRETRAIN_WORLDS,
     MODEL_FAMILIES)}
 """Every registry by kind (what ``mmrl list`` prints)."""

@@ -59,6 +59,12 @@ y2 + 1]``, its colour that palette colour, and its class the shape whose fill-ra
   shapes merged, smears) score low;
 * isolation: the share of the blob's surrounding pixels (its 8-neighbours outside it) that are background: a
   shape stands on the background, while the blobs of noise or of touching shapes border other colours.
+
+Pre-training a tiny pipeline on it
+----------------------------------
+``pretraining_world`` is the pre-training world ``"mini_geneval"`` (``PRETRAIN_WORLDS``): rendered images of
+seeded prompts, on which ``model.tiny_world: mini_geneval`` (with ``model.tiny_vae_steps``, so that samples decode
+to shapes) pre-trains a tiny pipeline once, cached, before RL or steering on this world.
 """
 from __future__ import annotations
 
@@ -77,7 +83,7 @@ from scipy import ndimage
 from mmrl.colours import rgb8
 from mmrl.errors import ConfigError
 from mmrl.eval import geneval
-from mmrl.plugins import GENEVAL_DETECTORS
+from mmrl.plugins import GENEVAL_DETECTORS, PRETRAIN_WORLDS
 from mmrl.store import atomic_write_text, cached_build
 
 CLASSES = ("circle", "square", "triangle")
@@ -288,6 +294,21 @@ def render(metadata: dict[str, Any], rng: random.Random, resolution: int = 32) -
                 pixels[mask] = PALETTE[colour]
             return Image.fromarray(pixels, "RGB")
     raise ValueError(f"no layout satisfying {metadata.get('prompt')!r} in {MAX_TRIES} tries")
+
+
+@PRETRAIN_WORLDS.register("mini_geneval")
+def pretraining_world(n: int, resolution: int, generator) -> tuple[Any, list[str]]:
+    """``n`` images in [-1, 1] (a float tensor ``[n, 3, R, R]``) and their prompts, to pre-train a tiny diffusion
+    pipeline on this world (``model.tiny_world: mini_geneval``): the rows of ``prompts(n, seed)`` with ``seed``
+    drawn from the torch ``generator``, image ``i`` rendered with ``random.Random(seed * 1_000_003 + i)``."""
+    import torch
+
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    rows = prompts(n, seed)
+    pixels = np.stack([np.asarray(render(row, random.Random(seed * 1_000_003 + i), resolution))
+                       for i, row in enumerate(rows)])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return images, [row["prompt"] for row in rows]
 
 
 def corrupt(metadata: dict[str, Any], rng: random.Random) -> dict[str, Any]:

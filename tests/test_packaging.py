@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mmrl.cli import main
-from mmrl.config import default_config
+from mmrl.config import default_config, shipped_data
 from mmrl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ def test_explicit_package_list_covers_every_code_folder():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {".".join(p.parent.relative_to(REPO).parts)
                for top in ("mmrl", "tasks", "rewards") for p in (REPO / top).glob("**/*.py")}
-    assert set(setuptools["packages"]) == folders | {"mmrl_configs"}
-    assert setuptools["package-dir"] == {"mmrl_configs": "configs"}
+    assert set(setuptools["packages"]) == folders | {"mmrl_configs", "mmrl_data"}
+    assert setuptools["package-dir"] == {"mmrl_configs": "configs", "mmrl_data": "data"}
 
 
 def test_default_configs_come_from_the_package_whatever_the_working_directory(tmp_path, monkeypatch):
@@ -38,6 +38,15 @@ def test_default_configs_come_from_the_package_whatever_the_working_directory(tm
     (tmp_path / "configs" / "gui_grounding" / "tiny.yaml").write_text("seed: 1\n")  # not read
     assert default_config("gui_grounding") == REPO / "configs" / "gui_grounding" / "tiny.yaml"
     assert default_config("ddpo", diffusion=True) == REPO / "configs" / "diffusion" / "ddpo" / "tiny.yaml"
+
+
+def test_shipped_data_comes_from_the_package_whatever_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "geneval").mkdir(parents=True)
+    (tmp_path / "data" / "geneval" / "evaluation_metadata.jsonl").write_text("{}\n")  # not read
+    assert shipped_data("geneval/evaluation_metadata.jsonl") == REPO / "data" / "geneval" / "evaluation_metadata.jsonl"
+    with pytest.raises(ConfigError, match="'geneval/nope.jsonl' is missing from the mmrl_data package"):
+        shipped_data("geneval/nope.jsonl")
 
 
 def test_missing_default_config_names_it_and_lists_the_shipped_ones():
@@ -68,10 +77,11 @@ IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycac
 WHERE = """
 import json, sysconfig
 import mmrl, tasks
-from mmrl.config import default_config
+from mmrl.config import default_config, shipped_data
 print(json.dumps({"site": sysconfig.get_paths()["purelib"], "mmrl": mmrl.__file__, "tasks": tasks.__file__,
                   "task": str(default_config("gui_grounding")),
-                  "diffusion": str(default_config("ddpo", diffusion=True))}))
+                  "diffusion": str(default_config("ddpo", diffusion=True)),
+                  "geneval": str(shipped_data("geneval/evaluation_metadata.jsonl"))}))
 """
 
 
@@ -114,6 +124,8 @@ def test_wheel_trains_from_any_directory_with_its_own_configs(venv, tiny_cache, 
         assert Path(path).is_relative_to(site), f"{name} comes from {path}, not the wheel in {site}"
     assert where["task"].endswith("mmrl_configs/gui_grounding/tiny.yaml")
     assert where["diffusion"].endswith("mmrl_configs/diffusion/ddpo/tiny.yaml")
+    assert where["geneval"].endswith("mmrl_data/geneval/evaluation_metadata.jsonl")
+    assert Path(where["geneval"]).read_bytes() == (REPO / "data" / "geneval" / "evaluation_metadata.jsonl").read_bytes()
 
     out = tmp_path / "x"
     check([venv / "bin" / "mmrl", "train", "gui_grounding", "grpo.steps=2", "sft.steps=2", f"output_dir={out}",

@@ -17,6 +17,8 @@ def split_config(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args) -> None:
+    from accelerate import PartialState
+
     from mmrl.config import default_config, load_config
     from mmrl.diffusion.config import DiffusionConfig
     from mmrl.diffusion.trainer import train
@@ -25,6 +27,8 @@ def cmd_train(args) -> None:
     path = Path(config) if config else default_config(args.algorithm, diffusion=True)
     cfg = load_config(DiffusionConfig, path, [*overrides, f"algorithm={args.algorithm}"])
     summary = train(cfg)
+    if not PartialState().is_main_process:  # one line per run under accelerate launch
+        return
     reward = summary["reward"]
     print(f"{cfg.algorithm}: mean reward {reward['first']:.4f} (first {reward['window']} steps) -> "
           f"{reward['last']:.4f} (last {reward['window']}); run in {cfg.output_dir}")
@@ -34,7 +38,6 @@ def cmd_sample(args) -> None:
     from mmrl.diffusion.artifacts import apply_trained
     from mmrl.diffusion.config import DiffusionLoraConfig, DiffusionModelConfig
     from mmrl.diffusion.pipeline import load_policy
-    from mmrl.diffusion.prompts import read_prompt_file
     from mmrl.diffusion.sample import write_samples
 
     if args.run:
@@ -43,15 +46,43 @@ def cmd_sample(args) -> None:
         model_cfg = DiffusionModelConfig(path=args.model, lora=DiffusionLoraConfig(enabled=False))
     if args.resolution:
         model_cfg.resolution = args.resolution
-    records = [{"prompt": p} for p in args.prompt] + (read_prompt_file(args.prompts) if args.prompts else [])
-    if not records:
-        raise ConfigError("give --prompt TEXT (repeatable) or --prompts FILE")
+    records = prompt_records(args)
     policy = load_policy(model_cfg)
     if args.run:
         apply_trained(policy, args.run)
     out = write_samples(policy, records, args.out, args.n, args.steps, model_cfg.resolution, args.guidance,
                         args.seed, progress=not args.quiet)
     print(f"wrote {args.n} images for each of {len(records)} prompts to {out}")
+
+
+def prompt_records(args) -> list[dict]:
+    """The records to sample, in order: GenEval's 553 official ones with ``--geneval`` (shipped with mmrl), else
+    ``--prompt``'s then ``--prompts``' file's; only the first ``--limit`` when given. A record's index is its
+    folder number (``OUT/00000`` ...), so GenEval's layout keeps the official numbering."""
+    from mmrl.config import shipped_data
+    from mmrl.diffusion.prompts import read_prompt_file
+    from mmrl.eval.geneval import PROMPTS_FILE
+
+    if args.geneval and (args.prompt or args.prompts):
+        raise ConfigError("--geneval samples GenEval's own prompts: drop --prompt/--prompts")
+    if args.geneval:
+        records = read_prompt_file(shipped_data(PROMPTS_FILE))
+    else:
+        records = [{"prompt": p} for p in args.prompt] + (read_prompt_file(args.prompts) if args.prompts else [])
+    if not records:
+        raise ConfigError("give --prompt TEXT (repeatable), --prompts FILE or --geneval")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: give at least 1 prompt")
+    return records[:args.limit]
+
+
+def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+    """The prompt sources of ``sample`` and ``steer`` (read by ``prompt_records``)."""
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="prompt file: text (one per line) or JSON lines with a 'prompt' field")
+    p.add_argument("--geneval", action="store_true",
+                   help="GenEval's 553 official prompts (shipped with mmrl), numbered as GenEval numbers them")
+    p.add_argument("--limit", type=int, help="only the first N prompts (e.g. a quick check of --geneval)")
 
 
 def run_model_config(run: str):
@@ -103,14 +134,11 @@ def steer_config(args):
 def cmd_steer(args) -> None:
     from mmrl.diffusion.artifacts import apply_trained
     from mmrl.diffusion.pipeline import load_policy
-    from mmrl.diffusion.prompts import read_prompt_file
     from mmrl.diffusion.steering import make_steer_reward, write_steered
 
     cfg = steer_config(args)
     reward = make_steer_reward(cfg.steer.rewards)
-    records = [{"prompt": p} for p in args.prompt] + (read_prompt_file(args.prompts) if args.prompts else [])
-    if not records:
-        raise ConfigError("give --prompt TEXT (repeatable) or --prompts FILE")
+    records = prompt_records(args)
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: give at least 1 image per prompt")
     policy = load_policy(cfg.model)
@@ -139,8 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("sample", help="write images with the deterministic sampler (GenEval's folder layout)")
     p.add_argument("--model", default="tiny-sd", help="diffusers folder or hub id, or tiny-sd / tiny-sd3")
     p.add_argument("--run", help="a diffusion run directory: its model settings and trained weights (final/)")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--prompts", help="prompt file: text (one per line) or JSON lines with a 'prompt' field")
+    add_prompt_arguments(p)
     p.add_argument("--out", required=True, help="output folder (OUT/00000/samples/0000.png ...)")
     p.add_argument("--n", type=int, default=4, help="images per prompt (default 4, as GenEval)")
     p.add_argument("--steps", type=int, default=40, help="denoising steps (default 40)")
@@ -157,8 +184,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="diffusers folder or hub id, or tiny-sd / tiny-sd3 (default: the config's, "
                                    "tiny-sd)")
     p.add_argument("--run", help="a diffusion run directory: its model settings and trained weights (final/)")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--prompts", help="prompt file: text (one per line) or JSON lines with a 'prompt' field")
+    add_prompt_arguments(p)
     p.add_argument("--out", required=True, help="output folder (OUT/00000/samples/0000.png ..., OUT/summary.json)")
     p.add_argument("--particles", type=int, help="particles N per image (default 4)")
     p.add_argument("--potential", help="max, add, diff or rt (default max)")

@@ -33,6 +33,12 @@ class DiffusionModelConfig:
     """``tiny-sd`` / ``tiny-sd3`` only: pre-train the tiny denoiser for this many steps on synthetic disc images
     before RL (``mmrl.diffusion.pretrain``; 0 keeps it random). AWM needs it: its pre-training loss measures the
     likelihood of the model's samples only when the model is a diffusion model of something."""
+    tiny_world: str = "discs"
+    """``tiny-sd`` / ``tiny-sd3`` pre-training only: the synthetic images and prompts (``mmrl list 'pre-training
+    world'``): ``discs`` (a coloured disc per prompt) or ``mini_geneval`` (GenEval-style scenes of shapes)."""
+    tiny_vae_steps: int = 0
+    """``tiny-sd`` / ``tiny-sd3`` pre-training only: first train the VAE on the world's images for this many steps
+    (0 keeps it random: decoded samples are then texture, not the world's shapes)."""
     cache_dir: str = "~/.cache/mmrl"
     """Where tiny pipelines are cached."""
     dtype: str = "auto"

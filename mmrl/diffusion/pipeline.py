@@ -25,14 +25,17 @@ TINY = {"tiny-sd": "sd", "tiny-sd3": "sd3"}
 
 def resolve_pipeline_path(cfg: DiffusionModelConfig) -> str:
     """``tiny-sd`` / ``tiny-sd3`` -> a cached tiny pipeline folder (built on first use, pre-trained for
-    ``tiny_pretrain_steps``); a local folder must be a diffusers pipeline (``model_index.json``); anything else is
+    ``tiny_pretrain_steps`` on ``tiny_world``, its VAE for ``tiny_vae_steps``; each setting names the folder); a local folder must be a diffusers pipeline (``model_index.json``); anything else is
     passed on as a hub id."""
     if cfg.path in TINY:
         pretrained = f"-p{cfg.tiny_pretrain_steps}" if cfg.tiny_pretrain_steps else ""
+        pretrained += f"-v{cfg.tiny_vae_steps}" if cfg.tiny_vae_steps else ""
+        pretrained += f"-{cfg.tiny_world}" if cfg.tiny_world != "discs" and cfg.tiny_pretrain_steps else ""
         folder = Path(cfg.cache_dir).expanduser() / "models" / f"{cfg.path}-r{cfg.resolution}{pretrained}"
         if not (folder / "model_index.json").is_file():  # make_tiny_diffusion publishes the folder atomically
             make_tiny_diffusion(folder, kind=TINY[cfg.path], resolution=cfg.resolution,
-                                pretrain_steps=cfg.tiny_pretrain_steps)
+                                pretrain_steps=cfg.tiny_pretrain_steps, world=cfg.tiny_world,
+                                vae_steps=cfg.tiny_vae_steps)
         return str(folder)
     path = Path(cfg.path).expanduser()
     if path.exists() and not (path / "model_index.json").is_file():

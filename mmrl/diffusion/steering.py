@@ -248,9 +248,10 @@ def check_steer_config(cfg: SteerConfig, key: str = "steer") -> None:
     """``ConfigError`` naming the key of a value outside its range (an unknown potential lists the valid ones)."""
     if cfg.particles < 1:
         raise ConfigError(f"config key '{key}.particles': {cfg.particles} must be >= 1")
-    if cfg.potential not in POTENTIALS:
-        raise ConfigError(f"config key '{key}.potential': unknown FK potential {cfg.potential!r}; valid: "
-                          f"{', '.join(sorted(POTENTIALS))}")
+    try:
+        get_potential(cfg.potential)
+    except ConfigError as error:
+        raise ConfigError(f"config key '{key}.potential': {error}") from None
     if cfg.steps < 1:
         raise ConfigError(f"config key '{key}.steps': {cfg.steps} must be >= 1")
     if cfg.stochasticity is not None and cfg.stochasticity < 0:

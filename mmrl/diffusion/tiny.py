@@ -48,7 +48,9 @@ sd3    (16, 8, 8)   transformer 82,944; vae 252,627; text_encoder and text_encod
 
 ``pretrain_steps`` (``mmrl make-tiny-diffusion --pretrain-steps``, ``model.tiny_pretrain_steps``) first trains the
 denoiser briefly on synthetic images of coloured discs (``mmrl.diffusion.pretrain``): 600 steps take about 75 s
-on 2 cores, and the AWM and Flow-GRPO tiny configs start from that model.
+on 2 cores, and the AWM and Flow-GRPO tiny configs start from that model. ``world`` (``--world``,
+``model.tiny_world``) picks other synthetic images, e.g. ``mini_geneval``'s shapes, and ``vae_steps``
+(``--vae-steps``, ``model.tiny_vae_steps``) trains the VAE on them first, so that samples decode to that world.
 
 (At resolution R the latent is ``(C, R/4, R/4)``; the SD3 transformer sees ``(R/8)**2`` patches, plus 77 CLIP and
 ``max_sequence_length`` (default 256) zero T5 tokens, so passing ``max_sequence_length=8`` or so speeds it up.)
@@ -67,6 +69,7 @@ import torch
 from mmrl.diffusion.policy import DiffusionPolicy
 from mmrl.diffusion.pretrain import pretrain_tiny
 from mmrl.errors import ConfigError
+from mmrl.plugins import PRETRAIN_WORLDS
 from mmrl.models.tiny_clip import write_clip_tokenizer
 from mmrl.store import publish_dir
 
@@ -195,19 +198,23 @@ def _sd3_pipeline(folder: Path, resolution: int):
     )
 
 
-def _pretrain(pipe, kind: str, resolution: int, steps: int, seed: int, progress: bool) -> None:
+def _pretrain(pipe, kind: str, resolution: int, steps: int, seed: int, progress: bool, world: str,
+              vae_steps: int) -> None:
     policy = DiffusionPolicy(pipe, kind, torch.device("cpu"))
-    pretrain_tiny(policy, resolution, steps, torch.Generator().manual_seed(seed), progress=progress)
+    pretrain_tiny(policy, resolution, steps, torch.Generator().manual_seed(seed), progress=progress, world=world,
+                  vae_steps=vae_steps)
 
 
 def make_tiny_diffusion(out_dir: str | Path, kind: str = "sd", seed: int = 0, resolution: int = 32,
-                        pretrain_steps: int = 0, progress: bool = True) -> Path:
+                        pretrain_steps: int = 0, progress: bool = True, world: str = "discs",
+                        vae_steps: int = 0) -> Path:
     """Write a tiny random ``kind`` pipeline ("sd": SD 1.x layout, "sd3": SD3/SD3.5 layout without T5) to
     ``out_dir`` and return its path. Same ``seed`` -> byte-identical files; the caller's torch RNG is untouched.
     ``resolution`` (a multiple of 8) sets the default sample size; the latent is ``latent_shape(kind, R)``. The
     SD3 transformer's position table covers up to ``2 * resolution``. ``pretrain_steps > 0`` first pre-trains
-    the denoiser on synthetic disc images (``mmrl.diffusion.pretrain``; seeded, but CPU float sums may differ
-    between thread counts, so its files are reproducible on one machine rather than byte-identical everywhere).
+    the denoiser on the synthetic images of ``world`` (``mmrl.diffusion.pretrain``; its VAE too for
+    ``vae_steps``; seeded, but CPU float sums may differ between thread counts, so its files are reproducible
+    on one machine rather than byte-identical everywhere).
 
     The folder is built beside ``out_dir`` and moved into place in one rename, replacing an older pipeline there;
     an existing non-empty ``out_dir`` that is not a diffusers folder (no ``model_index.json``) is refused."""
@@ -217,8 +224,12 @@ def make_tiny_diffusion(out_dir: str | Path, kind: str = "sd", seed: int = 0, re
     if resolution < step or resolution % step:
         raise ConfigError(f"resolution={resolution} must be a positive multiple of {step} (VAE factor "
                           f"{VAE_FACTOR} x {PATCH_SIZE}, the UNet downsampling / SD3 patch size)")
-    if pretrain_steps < 0:
-        raise ConfigError(f"pretrain_steps={pretrain_steps} must be >= 0")
+    if pretrain_steps < 0 or vae_steps < 0:
+        raise ConfigError(f"pretrain_steps={pretrain_steps} and vae_steps={vae_steps} must be >= 0")
+    if vae_steps and not pretrain_steps:
+        raise ConfigError(f"vae_steps={vae_steps} needs pretrain_steps > 0 (the VAE is trained as part of it)")
+    if world not in PRETRAIN_WORLDS:
+        raise ConfigError(f"unknown pre-training world {world!r}; valid: {', '.join(PRETRAIN_WORLDS.names())}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / "model_index.json").is_file():
         raise ConfigError(f"{out} exists and is not a diffusers pipeline folder (no model_index.json); "
@@ -230,7 +241,7 @@ def make_tiny_diffusion(out_dir: str | Path, kind: str = "sd", seed: int = 0, re
             torch.manual_seed(seed)
             pipe = (_sd_pipeline if kind == "sd" else _sd3_pipeline)(tmp, resolution)
             if pretrain_steps > 0:
-                _pretrain(pipe, kind, resolution, pretrain_steps, seed, progress)
+                _pretrain(pipe, kind, resolution, pretrain_steps, seed, progress, world, vae_steps)
             pipe.save_pretrained(tmp, safe_serialization=True)
         publish_dir(tmp, out)
     finally:

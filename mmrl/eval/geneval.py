@@ -58,6 +58,8 @@ from mmrl.eval import predictions
 from mmrl.eval.records import bad_field, get_field, get_numbers, get_str, is_number, json_rows
 from mmrl.plugins import GENEVAL_DETECTORS
 
+PROMPTS_FILE = "geneval/evaluation_metadata.jsonl"
+"""GenEval's 553 prompts and their metadata, shipped in ``data/`` (``mmrl.config.shipped_data``)."""
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 """GenEval's six tags, in the paper's order (the table's order; other tags follow, sorted)."""
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")

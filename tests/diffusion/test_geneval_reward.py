@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,43 @@ def test_registration_arguments_and_weighted_sum():
     assert total.tolist() == [1.5, 0.0] and set(parts) == {"geneval", "geneval_partial"}
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         reward(torch.cat([image, image]), ["a photo of a blue circle"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["awm", "flow_grpo"])
+def test_shipped_mini_geneval_configs_run_end_to_end_shortened(tmp_path, monkeypatch, algorithm):
+    """The shipped ``configs/diffusion/ALGORITHM/mini_geneval.yaml`` as a user runs it from the checkout (its
+    prompts.file is relative), shortened: a pipeline pre-trained 3 + 3 steps on the world (not the shipped 1000 +
+    2000), two RL steps with the ``geneval_partial`` reward, then FK steering from the same config. The full-length
+    runs are benchmarks (benchmarks/mini_geneval.py, RESULTS.md)."""
+    from mmrl.cli import main
+    from mmrl.config import load_config
+    from mmrl.diffusion.config import DiffusionConfig
+    from mmrl.diffusion.trainer import train
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    config = root / "configs" / "diffusion" / algorithm / "mini_geneval.yaml"
+    small = [f"model.cache_dir={tmp_path / 'cache'}", "model.tiny_vae_steps=3", "model.tiny_pretrain_steps=3",
+             "progress=false"]
+    cfg = load_config(DiffusionConfig, config, [*small, f"output_dir={tmp_path / 'run'}", "optim.steps=2",
+                                                "optim.prompts_per_step=2", "optim.images_per_prompt=2",
+                                                "optim.micro_batch_size=4", "sampling.steps=3"])
+    assert cfg.model.tiny_world == "mini_geneval" and cfg.rewards[0].name == "geneval_partial"
+    summary = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["reward/mean"] <= 1 for r in rows)
+    assert summary["reward"]["window"] == 5
+    assert (tmp_path / "cache" / "models" / "tiny-sd-r32-p3-v3-mini_geneval" / "model_index.json").is_file()
+
+    prompts = tmp_path / "prompts.jsonl"
+    mg.write_jsonl(mg.prompts(2, seed=1), prompts)
+    overrides = tmp_path / "steer.yaml"  # the shipped config with the shortened pipeline's settings
+    overrides.write_text(config.read_text().replace("tiny_vae_steps: 1000", "tiny_vae_steps: 3")
+                         .replace("tiny_pretrain_steps: 2000", "tiny_pretrain_steps: 3")
+                         .replace("path: tiny-sd\n", f"path: tiny-sd\n  cache_dir: {tmp_path / 'cache'}\n"))
+    main(["diffusion", "steer", "--config", str(overrides), "--prompts", str(prompts), "--steps", "4",
+          "--resample-every", "2", "--baseline", "best_of_n", "--out", str(tmp_path / "fk"), "--quiet"])
+    steered = json.loads((tmp_path / "fk" / "summary.json").read_text())
+    assert steered["fk"]["denoiser_calls"] == steered["best_of_n"]["denoiser_calls"]
+    assert 0 <= steered["fk"]["mean_reward"] <= 1

@@ -14,10 +14,11 @@ from mmrl.config import load_config
 from mmrl.diffusion.config import DiffusionConfig
 from mmrl.diffusion.pipeline import absent_components, resolve_pipeline_path
 from mmrl.diffusion.policy import DiffusionPolicy
-from mmrl.diffusion.pretrain import disc_images, fit_latent_scale, pretrain_tiny, prompt_colours
+from mmrl.diffusion.pretrain import disc_images, fit_autoencoder, fit_latent_scale, pretrain_tiny, prompt_colours
 from mmrl.diffusion.tiny import make_tiny_diffusion
 from mmrl.diffusion.trainer import train
 from mmrl.errors import ConfigError
+from mmrl.plugins import PRETRAIN_WORLDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,9 +85,33 @@ def test_tiny_pretrain_steps_builds_its_own_cached_pipeline(tmp_path):
         make_tiny_diffusion(tmp_path / "bad", pretrain_steps=-1)
 
 
+def test_the_world_and_the_vae_steps_name_their_own_cached_pipeline(tmp_path):
+    cfg = load_config(DiffusionConfig, None, [f"model.cache_dir={tmp_path}", "model.resolution=24",
+                                              "model.tiny_pretrain_steps=2", "model.tiny_world=mini_geneval",
+                                              "model.tiny_vae_steps=3"]).model
+    path = resolve_pipeline_path(cfg)
+    assert path.endswith("tiny-sd-r24-p2-v3-mini_geneval")
+    random_vae = DiffusionPipeline.from_pretrained(make_tiny_diffusion(tmp_path / "random", resolution=24)).vae
+    trained = DiffusionPipeline.from_pretrained(path).vae
+    assert any(not torch.equal(a, b) for a, b in zip(random_vae.parameters(), trained.parameters()))
+    with pytest.raises(ConfigError, match="unknown pre-training world 'moon'; valid: discs, mini_geneval"):
+        make_tiny_diffusion(tmp_path / "bad", pretrain_steps=1, world="moon")
+    with pytest.raises(ConfigError, match="vae_steps=3 needs pretrain_steps > 0"):
+        make_tiny_diffusion(tmp_path / "bad", vae_steps=3)
+
+
+def test_training_the_vae_lowers_its_reconstruction_error_on_the_world(tmp_path):
+    images, _ = PRETRAIN_WORLDS.get("mini_geneval")(64, 32, torch.Generator().manual_seed(0))
+    vae = DiffusionPipeline.from_pretrained(make_tiny_diffusion(tmp_path / "sd")).vae
+    losses = fit_autoencoder(vae, images, 60, torch.Generator().manual_seed(0), batch_size=16, progress=False)
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+    assert not any(p.requires_grad for p in vae.parameters()) and not vae.training
+
+
 def test_cli_pretrain_steps(tmp_path, capsys):
     main(["make-tiny-diffusion", str(tmp_path / "p2"), "--resolution", "16", "--pretrain-steps", "2"])
-    assert "(16x16, pre-trained 2 steps)" in capsys.readouterr().out
+    assert "(16x16, pre-trained 2 steps on discs)" in capsys.readouterr().out
     assert DiffusionPipeline.from_pretrained(tmp_path / "p2").vae.config.scaling_factor != 0.18215
 
 

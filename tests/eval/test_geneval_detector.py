@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from mmrl.cli import main
+from mmrl.diffusion.tiny import make_tiny_diffusion
 from mmrl.errors import ConfigError
 from mmrl.eval.geneval import COLOURS, judge
 from mmrl.eval.geneval_detector import (
@@ -255,3 +256,45 @@ def test_mmrl_eval_geneval_with_mask2former_end_to_end(tmp_path, tiny_mask2forme
     assert rows[2]["reason"] == "expected cow>=1, found 0"
     assert all(r["tag"] == "colors" and (r["correct"] or r["reason"].startswith("expected blue car>=1, found 0 blue"))
                for r in rows[4:])
+
+
+@pytest.mark.slow
+def test_mmrl_eval_geneval_on_images_of_mmrl_diffusion_sample_geneval(tmp_path, tiny_mask2former, tiny_open_clip,
+                                                                       capsys):
+    """The full path a user runs: sample GenEval's own prompts (the first 12 of 553) with a diffusers pipeline
+    loaded from its folder, then score the folder with Mask2Former + open_clip (tiny random models: numbers
+    meaningless, every file and field real)."""
+    config_file, weights, _ = tiny_open_clip
+    pipeline = make_tiny_diffusion(tmp_path / "tiny-sd", kind="sd", resolution=32, progress=False)
+    images = tmp_path / "images"
+    main(["diffusion", "sample", "--model", str(pipeline), "--geneval", "--limit", "12", "--n", "2", "--steps", "2",
+          "--out", str(images), "--quiet"])
+    official = [json.loads(line) for line in (ROOT / "data" / "geneval" / "evaluation_metadata.jsonl").open()]
+    assert sorted(p.name for p in images.iterdir()) == [f"{i:05d}" for i in range(12)]
+    for index, record in enumerate(official[:12]):
+        folder = images / f"{index:05d}"
+        assert json.loads((folder / "metadata.jsonl").read_text()) == record  # the official row, every field
+        assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png"]
+        assert Image.open(folder / "samples" / "0000.png").size == (32, 32)
+    capsys.readouterr()
+
+    out, rows_path = tmp_path / "geneval.json", tmp_path / "rows.jsonl"
+    main(["eval", "geneval", str(images), "--detector", "mask2former", "--detector-arg", f"path={tiny_mask2former}",
+          "--detector-arg", f"clip_model={config_file}", "--detector-arg", f"clip_pretrained={weights}",
+          "--detector-arg", "device=cpu", "--output", str(out), "--per-sample", str(rows_path), "--quiet"])
+    result = json.loads(out.read_text())
+    assert result["images"] == 24 and result["prompts"] == 12
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert [(r["prompt"], r["tag"]) for r in rows] == [(m["prompt"], m["tag"]) for m in official[:12] for _ in "ab"]
+    assert sum(t["images"] for t in result["tags"].values()) == 24
+    assert result["correct_images"] == sum(r["correct"] for r in rows) / 24
+    assert capsys.readouterr().out.splitlines()[-1].startswith("correct prompts")
+
+
+def test_sample_geneval_refuses_other_prompt_sources_and_a_bad_limit(cli_error):
+    assert "--geneval samples GenEval's own prompts" in cli_error(
+        ["diffusion", "sample", "--geneval", "--prompt", "a cat", "--out", "x"])
+    assert "--limit 0: give at least 1 prompt" in cli_error(["diffusion", "sample", "--geneval", "--limit", "0",
+                                                             "--out", "x"])
+    assert "give --prompt TEXT (repeatable), --prompts FILE or --geneval" in cli_error(
+        ["diffusion", "steer", "--out", "x"])

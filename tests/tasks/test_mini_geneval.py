@@ -250,3 +250,26 @@ def test_mmrl_eval_geneval_with_the_shapes_detector(tmp_path, capsys, resolution
     per_image = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in per_image] == [i % 4 not in (1, 2) for i in range(24) for _ in range(2)]
     assert all(bool(r["reason"]) != r["correct"] for r in per_image)
+
+
+def test_pretraining_world_renders_seeded_prompts_as_images_in_minus_one_to_one():
+    import torch
+
+    from mmrl.plugins import PRETRAIN_WORLDS
+
+    assert PRETRAIN_WORLDS.get("mini_geneval") is mg.pretraining_world
+    images, texts = mg.pretraining_world(12, 32, torch.Generator().manual_seed(3))
+    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(3)))
+    rows = mg.prompts(12, seed)
+    assert texts == [row["prompt"] for row in rows]
+    assert images.shape == (12, 3, 32, 32) and images.dtype == torch.float32
+    for i in (0, 7):  # image i is render(row i) with its own seeded rng, mapped from [0, 255] to [-1, 1]
+        pixels = np.array(mg.render(rows[i], random.Random(seed * 1_000_003 + i), 32))
+        assert torch.equal(images[i], torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1)
+    again, _ = mg.pretraining_world(12, 32, torch.Generator().manual_seed(3))
+    assert torch.equal(images, again)
+
+
+def test_shipped_training_prompts_are_what_the_module_command_writes():
+    shipped = Path(__file__).resolve().parents[2] / "data" / "mini_geneval" / "prompts.jsonl"
+    assert [json.loads(line) for line in shipped.read_text().splitlines()] == mg.prompts(600, 0)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from accelerate.utils import gather_object
 
 from mmrl.diffusion.config import DiffusionConfig
 from mmrl.diffusion.losses import group_advantages
@@ -31,7 +32,8 @@ class DiffusionAlgorithm:
 
 @dataclass
 class Context:
-    """Everything an algorithm's step needs: config, policy, reward, optimiser (owned by the trainer)."""
+    """Everything an algorithm's step needs: config, policy, reward, optimiser (owned by the trainer) and the
+    accelerator, whose ranks ``optimizer_step`` averages the gradients over."""
 
     cfg: DiffusionConfig
     policy: DiffusionPolicy
@@ -49,12 +51,26 @@ class Context:
         return list(order.split(self.cfg.optim.micro_batch_size))
 
     def optimizer_step(self) -> float:
-        """Clip the gradient norm (when configured), step, zero; returns the pre-clip gradient norm."""
+        """Average the gradients over the ranks (``average_gradients``), clip the gradient norm (when configured),
+        step, zero; returns the pre-clip gradient norm (the same on every rank)."""
+        average_gradients(self.params, self.accelerator)
         max_norm = self.cfg.optim.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+
+def average_gradients(params: list[torch.nn.Parameter], accelerator) -> None:
+    """Replace every gradient by its mean over the data-parallel ranks: each rank differentiated the mean loss of
+    its equal share of the step's prompts, so the mean is the whole step's gradient (what DDP computes; the
+    algorithms' several forward passes per backward do not fit DDP's hooks). Every rank runs the same graph, so
+    the same parameters have gradients. Nothing to do in one process."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.copy_(accelerator.reduce(p.grad, "mean"))
 
 
 @dataclass
@@ -105,13 +121,33 @@ def sample_and_score(ctx: Context, batch: Batch, generator: torch.Generator, sto
     return batch
 
 
+def gather_batch(batch: Batch, accelerator, images: bool = False) -> Batch:
+    """Every rank's rows of ``batch`` in rank order: prompts, total and reward components (and the images with
+    ``images``), without conditioning or trajectory; ``batch`` itself in one process."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return batch
+    return Batch(gather_object(batch.prompts), None, batch.group_size,
+                 images=accelerator.gather(batch.images) if images else None, total=accelerator.gather(batch.total),
+                 rewards={name: accelerator.gather(v) for name, v in batch.rewards.items()})
+
+
+def own_rows(values: torch.Tensor, accelerator) -> torch.Tensor:
+    """This rank's rows of ``values`` computed on a ``gather_batch`` (the ranks' equal shares in rank order)."""
+    if accelerator is None:
+        return values
+    return values.chunk(accelerator.num_processes)[accelerator.process_index]
+
+
 def sample_with_advantages(ctx: Context, prompts: list[str], generator: torch.Generator,
                            advantage_fn: Callable[[Batch], torch.Tensor],
                            clip: float) -> tuple[Batch, torch.Tensor]:
     """Sample and score ``images_per_prompt`` images per prompt with the training rollouts' noise, and turn the
-    rewards into advantages with ``advantage_fn``, clipped to ±``clip``."""
+    rewards into advantages with ``advantage_fn``, clipped to ±``clip``. Under data parallelism ``advantage_fn``
+    sees every rank's rewards (``gather_batch``), so batch-wide statistics cover the whole step and an
+    algorithm's state (DDPO's per-prompt statistics) stays the same on every rank; each rank keeps its own rows."""
     batch = sample_and_score(ctx, expand_prompts(ctx, prompts), generator, rollout_stochasticity(ctx))
-    return batch, advantage_fn(batch).clamp(-clip, clip)
+    advantages = own_rows(advantage_fn(gather_batch(batch, ctx.accelerator)), ctx.accelerator)
+    return batch, advantages.clamp(-clip, clip)
 
 
 def group_advantage_fn(global_std: bool) -> Callable[[Batch], torch.Tensor]:

@@ -69,7 +69,9 @@ def broadcast_weights(model: torch.nn.Module) -> None:
 def gather_result(result: StepResult, accelerator, images: bool) -> StepResult:
     """The step over every rank, as rank 0 logs it: the rows of all ranks in rank order (``gather_batch``; images
     only with ``images``) with their advantages, the reward statistics of all of them and the mean over the ranks
-    of every other metric (the same keys on every rank)."""
+    of every other metric (the same keys on every rank); ``result`` itself in one process."""
+    if accelerator.num_processes == 1:
+        return result
     batch = gather_batch(result.batch, accelerator, images)
     advantages = None if result.advantages is None else accelerator.gather(result.advantages)
     names = list(result.metrics)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmrl.errors import ConfigError
+
 
 @dataclass
 class DiffusionLoraConfig:
@@ -88,6 +90,26 @@ class SamplingConfig:
     """DDIM stochasticity η of training rollouts on DDIM pipelines (DDPO uses 1)."""
     noise_level: float = 0.7
     """Flow-GRPO's SDE noise level a of training rollouts on flow-matching pipelines."""
+    shared_noise: bool = False
+    """Every image of a group starts from the same initial noise x_T (DanceGRPO, Xue et al. 2025): the images of
+    a group then differ only by the sampler's noise, the actions the policy gradient credits, so the group's
+    baseline removes the part of the reward that the starting noise decides."""
+    sde_window: list[int] | None = None
+    """``[start, end)``: the steps of the training rollouts that are stochastic (η / a as above) and trained by
+    DDPO and Flow-GRPO; the others are deterministic (DDIM η = 0, the flow ODE). Flow-GRPO-Fast and MixGRPO
+    (Li et al. 2025) sample an SDE window only. The last steps' std is small (DDIM, 10 steps: 0.04 and 0.02
+    against 0.26–0.78 before), so their log-prob gradients, which scale as 1/std, swamp the rest. None: every
+    step."""
+
+    def stochastic_steps(self) -> range:
+        """The indices of the stochastic (trained) steps, ``sde_window`` checked against ``steps``."""
+        if self.sde_window is None:
+            return range(self.steps)
+        window = list(self.sde_window)
+        if len(window) != 2 or not 0 <= window[0] < window[1] <= self.steps:
+            raise ConfigError(f"config key 'sampling.sde_window': {self.sde_window!r} must be [start, end) with "
+                              f"0 <= start < end <= sampling.steps ({self.steps})")
+        return range(*window)
 
 
 @dataclass

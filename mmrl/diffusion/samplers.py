@@ -208,10 +208,12 @@ def sample_step(denoise: Denoise, sampler, i: int, x: torch.Tensor, generator: t
 
 
 def rollout(denoise: Denoise, sampler, latents: torch.Tensor, generator: torch.Generator | None = None,
-            grad_steps: int = 0, eta: float | None = None, checkpointed: bool = True) -> Trajectory:
+            grad_steps: int = 0, eta: float | None = None, checkpointed: bool = True,
+            stochastic: range | None = None) -> Trajectory:
     """Run every step of ``sampler`` from ``latents``. Without gradients unless ``grad_steps = K > 0``: then
     the last K denoiser calls keep the graph (checkpointed to recompute activations in the backward pass) and
-    the state entering them is detached, so gradients reach only those K steps (AlignProp's truncation)."""
+    the state entering them is detached, so gradients reach only those K steps (AlignProp's truncation).
+    ``stochastic`` given: only those steps draw noise, the others are deterministic (η = 0, log-prob 0)."""
     n = len(sampler.timesteps)
     states, log_probs = [latents], []
     x = latents
@@ -221,7 +223,7 @@ def rollout(denoise: Denoise, sampler, latents: torch.Tensor, generator: torch.G
             x = x.detach()
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
             call = _checkpointed(denoise) if with_grad and checkpointed else denoise
-            step = sample_step(call, sampler, i, x, generator, eta)
+            step = sample_step(call, sampler, i, x, generator, eta if stochastic is None or i in stochastic else 0.0)
         x = step.prev_sample
         states.append(x if with_grad else x.detach())
         log_probs.append(step.log_prob.detach())

@@ -121,6 +121,7 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None) ->
     prompts = load_prompts(cfg.prompts.file, cfg.prompts.list)
     reward = WeightedImageReward([(r.name, r.weight, r.args) for r in cfg.rewards])
     algorithm = build_algorithm(cfg, reward.differentiable)
+    cfg.sampling.stochastic_steps()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     world = accelerator.num_processes
     if cfg.optim.prompts_per_step % world:

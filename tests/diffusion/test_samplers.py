@@ -133,3 +133,22 @@ def test_rollout_gradients_reach_only_the_last_k_steps(k):
     traj.final.square().sum().backward()
     assert (scales.grad[: steps - k] == 0).all()
     assert (scales.grad[steps - k:] != 0).all()
+
+
+@pytest.mark.parametrize("make", [lambda: DDIMSampler(sd15_scheduler(), 6, eta=1.0),
+                                  lambda: FlowSampler(FlowMatchEulerDiscreteScheduler(shift=3.0), 6, 0.7)],
+                         ids=["ddim", "flow_sde"])
+def test_a_stochastic_window_leaves_the_other_steps_deterministic(make):
+    """``sampling.sde_window`` [1, 3): steps 1 and 2 draw noise (log-prob < 0 here), steps 0, 3, 4, 5 are the
+    deterministic step from the same state (η = 0, log-prob 0 by convention)."""
+    sampler = make()
+    traj = rollout(toy_denoiser, sampler, torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)),
+                   torch.Generator().manual_seed(2), stochastic=range(1, 3))
+    assert (traj.log_probs[:, [0, 3, 4, 5]] == 0).all() and (traj.log_probs[:, 1:3] != 0).all()
+    for i in (0, 3, 4, 5):
+        x = traj.latents[:, i]
+        plain = sampler.step(i, toy_denoiser(x, sampler.model_time(i).expand(3)), x, eta=0.0)
+        torch.testing.assert_close(traj.latents[:, i + 1], plain.prev_sample, rtol=0, atol=0)
+    x = traj.latents[:, 1]
+    plain = sampler.step(1, toy_denoiser(x, sampler.model_time(1).expand(3)), x, eta=0.0)
+    assert (traj.latents[:, 2] - plain.prev_sample).abs().max() > 1e-3  # step 1 really drew noise

@@ -72,6 +72,39 @@ def test_ppo_ratio_is_one_before_the_first_update(cache, path, eta):
     assert step.log_prob.requires_grad
 
 
+def test_policy_gradient_trains_only_the_stochastic_window(cache, tmp_path, monkeypatch):
+    """With ``sampling.sde_window`` [1, 3) of 4 steps, DDPO and Flow-GRPO re-score steps 1 and 2 only (the
+    deterministic steps are no actions), each of them for every image (``timestep_fraction`` 1)."""
+    from mmrl.diffusion.algorithms import policy_gradient
+
+    drawn = []
+
+    def recording(ctx, batch, rows, idx, sampler, net=None):
+        drawn.extend(idx.tolist())
+        return step_logprob(ctx, batch, rows, idx, sampler, net)
+
+    monkeypatch.setattr(policy_gradient, "step_logprob", recording)
+    train(config(cache, tmp_path, "ddpo", "optim.steps=1", "sampling.steps=4", "sampling.sde_window=[1, 3]"))
+    assert sorted(drawn) == [1] * 4 + [2] * 4  # 2 prompts x 2 images, two window steps each
+    with pytest.raises(ConfigError, match=r"sampling.sde_window.*\[2, 9\].*sampling.steps \(4\)"):
+        train(config(cache, tmp_path / "bad", "ddpo", "sampling.steps=4", "sampling.sde_window=[2, 9]"))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_noise_starts_every_image_of_a_group_from_the_same_latent(cache, shared):
+    cfg = load_config(DiffusionConfig, None, ["model.path=tiny-sd", f"model.cache_dir={cache}", "sampling.steps=2",
+                                              "optim.images_per_prompt=3", "optim.micro_batch_size=2",
+                                              f"sampling.shared_noise={str(shared).lower()}"])
+    ctx = Context(cfg, load_policy(cfg.model), WeightedImageReward([("brightness", 1.0, {})]), None, None)
+    batch = sample_and_score(ctx, expand_prompts(ctx, ["a red apple", "a dog"]), torch.Generator().manual_seed(0),
+                             1.0)
+    start = batch.trajectory.latents[:, 0]
+    same = [torch.equal(start[i], start[j]) for i in range(6) for j in range(i + 1, 6)]
+    pairs_in_groups = [i // 3 == j // 3 for i in range(6) for j in range(i + 1, 6)]
+    assert same == (pairs_in_groups if shared else [False] * 15)  # micro-batches of 2 cut across the groups of 3
+    assert not torch.equal(batch.trajectory.final[0], batch.trajectory.final[1])  # the sampler's noise differs
+
+
 def test_resume_after_a_kill_ends_with_the_same_weights(cache, tmp_path):
     full = train(config(cache, tmp_path / "full", "ddpo", "optim.steps=4", "save_every=2"))
 

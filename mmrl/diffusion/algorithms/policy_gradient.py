@@ -1,7 +1,8 @@
 """Clipped policy-gradient updates over stored denoising trajectories: the update DDPO and Flow-GRPO share.
 
 Each denoising step of a stored trajectory is an action with a Gaussian log-prob (``mmrl.diffusion.samplers``).
-For ``mu`` epochs: shuffle the samples, draw ``timestep_fraction`` of each trajectory's steps in random order,
+For ``mu`` epochs: shuffle the samples, draw ``timestep_fraction`` of each trajectory's stochastic steps
+(``sampling.sde_window``, default all) in random order,
 re-score the stored transition ``x_t -> x_t'`` under the current denoiser, and minimise PPO's clipped surrogate
 (plus, with β > 0, the Gaussian-mean KL to the reference denoiser). Gradients accumulate over the whole batch
 and every drawn step, then one optimiser step ends the epoch — so in the first epoch the ratio is 1 up to
@@ -40,14 +41,15 @@ def ppo_update(ctx: Context, batch: Batch, advantages: torch.Tensor, generator: 
     """``ctx.cfg.ppo.mu`` epochs of clipped updates on ``batch``; returns the mean diagnostics."""
     cfg = ctx.cfg.ppo
     traj = batch.trajectory
-    n, steps = traj.log_probs.shape
-    k = max(1, round(steps * cfg.timestep_fraction))
+    n = len(traj.log_probs)
+    window = ctx.cfg.sampling.stochastic_steps()
+    k = max(1, round(len(window) * cfg.timestep_fraction))
     sampler = ctx.policy.sampler(ctx.cfg.sampling.steps, rollout_stochasticity(ctx))
     records: list[dict[str, float]] = []
     grad_norms = []
     for _ in range(cfg.mu):
         for rows in ctx.micro_batches(n, generator):
-            order = torch.stack([torch.randperm(steps, generator=generator)[:k] for _ in rows])
+            order = window.start + torch.stack([torch.randperm(len(window), generator=generator)[:k] for _ in rows])
             for j in range(k):
                 idx = order[:, j]
                 step = step_logprob(ctx, batch, rows, idx, sampler)

@@ -37,7 +37,7 @@ def write_run(root: Path, steps: int, groups: int, group_size: int) -> None:
     for i in range(16):
         Image.new("RGB", (112, 112), (rng.randrange(256), rng.randrange(256), rng.randrange(256))).save(
             shots / f"shot_{i:02d}.png")
-    run = RunDir(root, tensorboard=False)
+    run = RunDir(root)
     for step in range(1, steps + 1):
         batch = []
         for g in range(groups):

@@ -1,7 +1,8 @@
 """One GRPO workload through mmrl and through TRL's ``GRPOTrainer``, side by side on this machine.
 
     pip install -e ".[bench]"
-    python benchmarks/grpo_vs_trl.py [--workload grounding|reasoning|both] [--steps 4]
+    python benchmarks/grpo_vs_trl.py [--workload grounding|reasoning|both] [--steps 4] [--vocab tiny|qwen]
+                                     [--before CHECKOUT]
 
 Both runs use the same tiny ``small`` Qwen2.5-VL checkpoint (``make-tiny``), the same synthetic ScreenSpot-format
 screenshots and instructions, the same rewards (GUI-G² Gaussian point + format, mmrl's reward functions),
@@ -14,12 +15,16 @@ process (each prompt once, each completion once; 2 FLOPs per parameter per token
 over a measured fp32 matmul rate.
 
 Workloads: grounding-shaped = 448x448 screenshots, G = 8, 4 prompts, 24 new tokens; reasoning-shaped = 224x224,
-256 new tokens. Results go in benchmarks/RESULTS.md.
+256 new tokens. ``--vocab qwen`` builds the checkpoint around Qwen's real 151,669-token tokenizer (``make-tiny
+--tokenizer qwen``), so the embedding, the output head and the log-softmax have their real size (the tiny
+vocabulary is 1,024). ``--before CHECKOUT`` adds a third side: mmrl as that other checkout has it (e.g. a
+``git worktree`` of an older commit), imported from there. Results go in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -28,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = {"grounding": {"side": 448, "new_tokens": 24}, "reasoning": {"side": 224, "new_tokens": 256}}
 PROMPTS, GROUP, BETA = 4, 8, 0.04
 
@@ -139,18 +145,20 @@ def floor_seconds(work: Path, side: int, completion_tokens: float, flops_per_sec
     return flops / flops_per_second
 
 
-def compare(name: str, steps: int) -> None:
+def compare(name: str, steps: int, vocab: str, before: str | None) -> None:
     spec = WORKLOADS[name]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         from mmrl.models.tiny import make_tiny
 
-        make_tiny(work / "model", family="qwen2_5_vl", size="small")
+        make_tiny(work / "model", family="qwen2_5_vl", size="small", tokenizer="qwen" if vocab == "qwen" else None)
         results = {}
-        for side in ("mmrl", "trl"):
-            cmd = [sys.executable, __file__, "--run", side, "--work", str(work), "--workload", name,
-                   "--steps", str(steps)]
-            out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        sides = {"mmrl": None, "trl": None, **({"mmrl before": before} if before else {})}
+        for side, checkout in sides.items():
+            cmd = [sys.executable, __file__, "--run", "trl" if side == "trl" else "mmrl", "--work", str(work),
+                   "--workload", name, "--steps", str(steps)]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([checkout, str(ROOT)])} if checkout else None
+            out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
             if out.returncode:
                 sys.exit(f"{side} run failed:\n{out.stderr[-3000:]}")
             results[side] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -162,7 +170,7 @@ def compare(name: str, steps: int) -> None:
         rate = matmul_flops_per_second()
         floors = {side: floor_seconds(work, spec["side"], row[3], rate) for side, row in rows.items()}
     print(f"\n### {name}: {spec['side']}x{spec['side']}, {PROMPTS} prompts x G={GROUP}, {spec['new_tokens']} new "
-          f"tokens, mu=1, beta={BETA}; median of steps 2..{steps}\n")
+          f"tokens, mu=1, beta={BETA}, {vocab} vocabulary; median of steps 2..{steps}\n")
     print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s\n")
     print("| run | step (s) | completion tokens/step | completion tokens/s | peak RSS (MiB) | FLOP floor (s) "
           "| floor / step |")
@@ -173,12 +181,19 @@ def compare(name: str, steps: int) -> None:
     m, t = rows["mmrl"], rows["trl"]
     print(f"| mmrl/TRL | {m[0] / t[0]:.3f} (throughput {t[0] / m[0]:.1f}x) | | {m[1] / t[1]:.1f}x | {m[2] / t[2]:.2f} "
           "| | |")
+    if before:
+        b = rows["mmrl before"]
+        print(f"| mmrl/mmrl before | {m[0] / b[0]:.3f} (throughput {b[0] / m[0]:.1f}x) | | {m[1] / b[1]:.1f}x "
+              f"| {m[2] / b[2]:.2f} | | |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description="mmrl vs TRL GRPOTrainer on identical workloads")
     p.add_argument("--workload", default="both", choices=[*WORKLOADS, "both"])
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--vocab", default="tiny", choices=["tiny", "qwen"],
+                   help="the checkpoint's vocabulary: the tiny trained one (1,024) or Qwen's real one (151,669)")
+    p.add_argument("--before", metavar="CHECKOUT", help="also run mmrl as imported from this other checkout")
     p.add_argument("--run", choices=["mmrl", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -188,7 +203,7 @@ def main() -> None:
         print(json.dumps(fn(Path(args.work), spec["side"], spec["new_tokens"], args.steps)))
         return
     for name in WORKLOADS if args.workload == "both" else [args.workload]:
-        compare(name, args.steps)
+        compare(name, args.steps, args.vocab, args.before)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Builds a tiny Qwen2.5-VL (``mmrl make-tiny``'s factory, cached in a temporary fo
 ``side`` x ``side`` pixels, ``prompts`` prompts with ``group`` completions each, and times (median of
 ``--repeats``):
 - generation: HF ``generate`` on every prompt repeated G times vs ``shared_generate`` (one prefill per prompt);
-- log-probs with gradients: ``token_distributions`` on repeated prompts vs ``shared_token_distributions``,
+- log-probs with gradients: ``token_stats`` on repeated prompts vs ``shared_token_stats``,
   forward + backward of ``-sum(logp)``.
 Results and the machine go in benchmarks/RESULTS.md.
 """
@@ -24,8 +24,8 @@ from PIL import Image
 from mmrl.config import ModelConfig
 from mmrl.models.load import load_policy, placeholder_ids
 from mmrl.models.tiny import make_tiny
-from mmrl.rollout.hf import encode_prompts, gather_logprobs, generate, token_distributions
-from mmrl.rollout.shared import expand_batch, shared_generate, shared_token_distributions
+from mmrl.rollout.hf import encode_prompts, generate, token_stats
+from mmrl.rollout.shared import expand_batch, shared_generate, shared_token_stats
 from mmrl.types import Sample
 
 
@@ -70,13 +70,13 @@ def main() -> None:
     t_full_gen = timed(lambda: generate(model, processor, wide, do_sample=True, **gen), args.repeats)
     t_shared_gen = timed(lambda: shared_generate(model, processor, batch, G, **gen), args.repeats)
 
-    def backward(distributions):
+    def backward(logprobs):
         model.zero_grad(set_to_none=True)
-        (-gather_logprobs(distributions(), ids, mask).sum()).backward()
+        (-logprobs().logp.sum()).backward()
 
     model.train()
-    t_full_lp = timed(lambda: backward(lambda: token_distributions(model, wide, ids, mask)), args.repeats)
-    t_shared_lp = timed(lambda: backward(lambda: shared_token_distributions(model, batch, ids, mask, G)), args.repeats)
+    t_full_lp = timed(lambda: backward(lambda: token_stats(model, wide, ids, mask)), args.repeats)
+    t_shared_lp = timed(lambda: backward(lambda: shared_token_stats(model, batch, ids, mask, G)), args.repeats)
     print("| pass | full sequences (s) | shared prefix (s) | speed-up |\n|---|---|---|---|")
     print(f"| generation | {t_full_gen:.3f} | {t_shared_gen:.3f} | {t_full_gen / t_shared_gen:.1f}x |")
     print(f"| log-probs fwd+bwd | {t_full_lp:.3f} | {t_shared_lp:.3f} | {t_full_lp / t_shared_lp:.1f}x |")

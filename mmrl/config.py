@@ -196,6 +196,11 @@ class TrainConfig:
     log_media: bool = True
     """Keep a copy (a hard link when on the same file system) of each image and video the logged rollouts show under
     ``media/``, so ``mmrl demo`` can show them: it serves only files inside the run directory."""
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get every step's metrics, by accelerate's names: tensorboard (files under ``tb/``),
+    wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio, or all (every one installed); all but
+    tensorboard need their package (``pip install 'mmrl[wandb]'``). ``[]``: ``metrics.jsonl`` only, which is
+    written whatever this says. From Python, ``train(cfg, trackers=[...])`` adds tracker objects."""
     progress: bool = True
     """Show progress bars."""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,4 +1,5 @@
-"""The run directory: ``metrics.jsonl``, ``rollouts/step_NNNNNN.jsonl``, TensorBoard logs, ``summary.json``.
+"""The run directory: ``metrics.jsonl``, ``rollouts/step_NNNNNN.jsonl``, ``summary.json`` (and the experiment
+trackers' files, e.g. TensorBoard's under ``tb/``: ``mmrl.tracking``).
 
 Rollout files hold one JSON object per group (prompt, image paths, reward fields, completions, every reward
 component, total reward, advantages, lengths, truncation flags); the demo app reads them.
@@ -115,19 +116,17 @@ def group_record(step: int, group: Group) -> dict[str, Any]:
 
 
 class RunDir:
-    """Writes a run's logs; every method is a no-op on non-main processes."""
+    """Writes a run's logs; every method is a no-op on non-main processes, but for ``log_metrics`` handing the
+    metrics to ``log`` (accelerate's ``Accelerator.log``, called on every process: its trackers log on the main
+    one)."""
 
-    def __init__(self, root: str | Path, main: bool = True, tensorboard: bool = True):
+    def __init__(self, root: str | Path, main: bool = True, log: Callable[..., None] | None = None):
         self.root = Path(root)
         self.main = main
-        self._tb = None
+        self._log = log
         self._media: dict[str, str | None] = {}
         if main:
             (self.root / "rollouts").mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.root / "tb"))
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop metric lines after ``last_step`` (written by a run that died after its last checkpoint)."""
@@ -138,13 +137,12 @@ class RunDir:
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.main:
-            return
-        with open(self.root / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if self._tb is not None:
-            for k, v in metrics.items():
-                self._tb.add_scalar(k, v, step)
+        """One line of ``metrics.jsonl`` and the same values, at the same step, to the experiment trackers."""
+        if self.main:
+            with open(self.root / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self._log is not None:
+            self._log(metrics, step=step)
 
     def log_sft(self, step: int, metrics: dict[str, float]) -> None:
         """Cold-start losses go to ``sft_metrics.jsonl`` (``metrics.jsonl`` counts RL steps)."""
@@ -198,7 +196,3 @@ class RunDir:
     def read_json(self, name: str) -> dict | None:
         path = self.root / name
         return json.loads(path.read_text()) if path.exists() else None
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()

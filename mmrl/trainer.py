@@ -18,10 +18,10 @@ import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
-from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -30,7 +30,7 @@ from mmrl.algorithms import Algorithm, build_algorithm
 from mmrl.algorithms import sampling as sampling_lib
 from mmrl.algorithms.advantages import compute_advantages, group_stats
 from mmrl.algorithms.losses import PolicyBatch, offpolicy_guidance, positive_lengths
-from mmrl.algorithms.token_weights import TokenBatch, entropy, number_token_ids
+from mmrl.algorithms.token_weights import TokenBatch, number_token_ids
 from mmrl.config import GRPOConfig, TrainConfig, to_dict
 from mmrl.data import load_context, media_cache
 from mmrl.errors import ConfigError
@@ -40,19 +40,18 @@ from mmrl.optim import make_optimizer
 from mmrl.plugins import TASKS
 from mmrl.reference import frozen_reference, reference_context
 from mmrl.rollout.groups import Rollouts, concat, sample_groups, to_groups
-from mmrl.rollout.hf import gather_logprobs
 from mmrl.rollout.scoring import select_rewards
 from mmrl.rollout.shared import unsupported_reason
 from mmrl.sft import cold_start
 from mmrl.store import RunDir, claim_run_dir, publish_dir
 from mmrl.task import Task, opened, score_outputs
+from mmrl.tracking import check_trackers, make_accelerator, start_trackers
 
 
 @torch.no_grad()
 def fixed_logprobs(model, ro: Rollouts, chunks, temperature: float) -> list[torch.Tensor]:
     """Log-probs of the rollouts under ``model`` without gradients, one tensor per micro-batch."""
-    return [gather_logprobs(c.distributions(model, ro.ids[c.rows], ro.mask[c.rows], temperature), ro.ids[c.rows],
-                            ro.mask[c.rows]) for c in chunks]
+    return [c.stats(model, ro.ids[c.rows], ro.mask[c.rows], temperature).logp for c in chunks]
 
 
 def use_shared_prefix(model, mode: str, accelerator) -> bool:
@@ -143,8 +142,9 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
             mask = loss_mask[sl].to(device)
             sync = accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext()
             with sync:
-                log_dist = chunk.distributions(model, ro.ids[sl], ro.mask[sl], g.temperature)
-                logp = gather_logprobs(log_dist, ro.ids[sl], mask)
+                stats = chunk.stats(model, ro.ids[sl], mask, g.temperature, entropy=algo.needs_entropy,
+                                    distributions=algo.needs_distributions)
+                logp = stats.logp
                 batch = PolicyBatch(
                     logp=logp, old_logp=old_logps[k] if old_logps is not None else logp.detach(),
                     advantages=ro.advantages[sl].to(device), mask=mask, rewards=ro.total[sl].float().to(device),
@@ -158,8 +158,7 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
                 tok_loss = policy_tok * algo.token_weight(TokenBatch(
                     ids=ro.ids[sl].to(device), mask=mask, group_ids=ro.group_ids[sl].to(device),
                     number_mask=torch.isin(ro.ids[sl], number_ids).to(device),
-                    entropy=entropy(log_dist, mask) if algo.needs_entropy else None,
-                    log_dist=log_dist.detach() if algo.needs_distributions else None))
+                    entropy=stats.entropy, log_dist=stats.log_dist))
                 if ref_logps is not None and g.kl_in == "loss":
                     kl = algo.kl(logp, ref_logps[k])
                     tok_loss = tok_loss + g.beta * kl
@@ -233,26 +232,31 @@ def cold_start_model(cfg: TrainConfig, task, train_set, media, run: RunDir, acce
     return str(out)
 
 
-def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
+def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None,
+          trackers: Sequence[GeneralTracker] = ()) -> dict:
     """Run the whole recipe described in the module docstring; returns the summary dict. The task is open
-    (``Task.open``) for the whole run and closed at its end, also on error."""
+    (``Task.open``) for the whole run and closed at its end, also on error. ``trackers``: experiment trackers
+    (accelerate ``GeneralTracker`` objects) that get the metrics besides those ``cfg.log_with`` names."""
     if not cfg.task:
         raise ConfigError(f"config key 'task' is required; valid: {', '.join(TASKS.names())}")
     algo = build_algorithm(cfg.grpo)  # unknown names and hyperparameters fail here, before any work
+    check_trackers(cfg.log_with)
     if cfg.grpo.ground_truth_slot and (cfg.grpo.rollout != "fixed" or cfg.grpo.group_size < 2):
         raise ConfigError("grpo.ground_truth_slot needs grpo.rollout=fixed and grpo.group_size >= 2")
     with opened(cfg.task, cfg.data) as (task, data_cfg):
-        return run_recipe(cfg, task, data_cfg, algo, on_step)
+        return run_recipe(cfg, task, data_cfg, algo, on_step, trackers)
 
 
-def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step: Callable[[int], None] | None):
+def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step: Callable[[int], None] | None,
+               trackers: Sequence[GeneralTracker] = ()):
     """Cold start, "before" evaluation, the RL loop and the "after" evaluation of an opened task."""
     g = cfg.grpo
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(cfg, trackers)
     set_seed(cfg.seed)
     claim_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, delete=accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    run = RunDir(cfg.output_dir, main=accelerator.is_main_process)
+    start_trackers(accelerator, cfg)
+    run = RunDir(cfg.output_dir, main=accelerator.is_main_process, log=accelerator.log)
     family = model_family(cfg.model)  # its resize factor and coordinate convention shape the samples
     ctx = load_context(cfg.model, family)
     with accelerator.main_process_first():
@@ -349,13 +353,14 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
 
 
 def finish(run: RunDir, model, processor, accelerator, summary: dict) -> dict:
-    """Save the final model, add each rank's weight fingerprint, write ``summary.json`` and print before/after."""
+    """Save the final model, add each rank's weight fingerprint, write ``summary.json``, end the trackers' run and
+    print before/after."""
     if accelerator.is_main_process:
         model.save_pretrained(run.root / "final")
         processor.save_pretrained(run.root / "final")
     summary["rank_fingerprints"] = gather_object([checkpoint.fingerprint(model)])
     run.write_json("summary.json", summary)
-    run.close()
+    accelerator.end_training()
     if accelerator.is_main_process:
         print(json.dumps({"before": summary["before"], "after": summary["after"]}))
     return summary

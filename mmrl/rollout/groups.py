@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from mmrl.data import MediaCache
-from mmrl.rollout.hf import encode_answers, generate, sanitize, token_distributions
+from mmrl.rollout.hf import encode_answers, generate, sanitize, token_stats
 from mmrl.rollout.scoring import score
-from mmrl.rollout.shared import shared_generate, shared_token_distributions
+from mmrl.rollout.logprobs import TokenStats
+from mmrl.rollout.shared import shared_generate, shared_token_stats
 from mmrl.types import Group, Sample
 
 
@@ -28,11 +29,14 @@ class Chunk(NamedTuple):
     prompts: object
     group_size: int
 
-    def distributions(self, model, ids: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
-        """``[rows, T, V]`` log-probabilities of the next token at each completion position."""
+    def stats(self, model, ids: torch.Tensor, mask: torch.Tensor, temperature: float, *, entropy: bool = False,
+              distributions: bool = False) -> TokenStats:
+        """The rows' token log-probs (and entropies / full distributions when asked), ``rollout.logprobs``."""
         if self.group_size == 1:
-            return token_distributions(model, self.prompts, ids, mask, temperature)
-        return shared_token_distributions(model, self.prompts, ids, mask, self.group_size, temperature)
+            return token_stats(model, self.prompts, ids, mask, temperature, entropy=entropy,
+                               distributions=distributions)
+        return shared_token_stats(model, self.prompts, ids, mask, self.group_size, temperature, entropy=entropy,
+                                  distributions=distributions)
 
 
 def uniform_group_size(group_ids: torch.Tensor) -> int | None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmrl.errors import DataError
 from mmrl.plugins import MODEL_FAMILIES
+from mmrl.rollout.logprobs import TokenStats, head_stats, hidden_state_outputs
 from mmrl.types import IMAGE_MARK, VIDEO_MARK, Sample
 from mmrl.vision import VideoClip
 
@@ -149,12 +150,10 @@ def sanitize(ids: torch.Tensor, mask: torch.Tensor, forbidden: list[int], pad_id
     return ids.masked_fill(bad, pad_id), mask.masked_fill(bad, 0), int(bad.sum())
 
 
-def token_distributions(model, batch, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log pi(. | prompt, y_<t)`` over the vocabulary at each completion position, shape ``[B, T, V]``.
-
-    Logits are divided by the sampling ``temperature`` so the distributions are those the completions were drawn
-    from. Only the last ``T + 1`` positions' logits are materialised.
-    """
+def completion_hidden(model, batch, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The hidden states ``[B, T, H]`` that predict each completion token (position ``t`` predicts ``ids[:, t]``),
+    from one forward pass over prompt + completion; called inside ``logprobs.hidden_state_outputs``. Only the
+    last ``T + 1`` positions leave the model."""
     device = batch["input_ids"].device
     ids, mask = ids.to(device), mask.to(device)
     inputs = dict(batch)
@@ -163,16 +162,19 @@ def token_distributions(model, batch, ids: torch.Tensor, mask: torch.Tensor, tem
     for key in ("mm_token_type_ids", "token_type_ids"):
         if key in inputs:
             inputs[key] = torch.cat([inputs[key], torch.zeros_like(ids)], dim=1)
-    logits = model(**inputs, use_cache=False, logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
-    return torch.log_softmax(logits.float() / temperature, dim=-1)
+    return model(**inputs, use_cache=False, logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
 
 
-def gather_logprobs(log_dist: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The sampled tokens' log-probs ``[B, T]`` from ``token_distributions`` (0 where ``mask`` is 0)."""
-    ids, mask = ids.to(log_dist.device), mask.to(log_dist.device)
-    return log_dist.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+def token_stats(model, batch, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0, *,
+                entropy: bool = False, distributions: bool = False) -> TokenStats:
+    """``TokenStats`` (log-probs, and entropies / distributions when asked) of the completions ``ids`` after the
+    prompts ``batch``, at the sampling ``temperature`` (logits divided by it), never materialising ``[B, T, V]``
+    unless ``distributions``."""
+    with hidden_state_outputs(model) as head:
+        hidden = completion_hidden(model, batch, ids, mask)
+    return head_stats(head, hidden, ids, mask, temperature, entropy=entropy, distributions=distributions)
 
 
 def token_logprobs(model, batch, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``log pi(y_t | prompt, y_<t)`` for each completion token, shape ``[B, T]`` (0 where ``mask`` is 0)."""
-    return gather_logprobs(token_distributions(model, batch, ids, mask, temperature), ids, mask)
+    return token_stats(model, batch, ids, mask, temperature).logp

@@ -1,7 +1,7 @@
 """Group-shared prefix: run each distinct prompt (and its images/video) once, then its G completions against
 the prompt's KV cache repeated G times.
 
-A group's G completions share one prompt. The plain path (``rollout.hf.token_distributions``) encodes the
+A group's G completions share one prompt. The plain path (``rollout.hf.token_stats``) encodes the
 images and runs the whole prompt once per completion; here the vision encoder and the prompt run once per
 prompt, with gradients flowing back through the repeated cache, so the policy, old-policy and reference passes
 all get cheaper by roughly the prompt/completion length ratio times G.
@@ -19,6 +19,7 @@ from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 from mmrl.models.families import family_of, unwrap
 from mmrl.plugins import MODEL_FAMILIES
+from mmrl.rollout.logprobs import TokenStats, head_stats, hidden_state_outputs
 
 
 def expand_batch(batch, group_size: int):
@@ -74,20 +75,17 @@ def prompt_positions(model, batch) -> torch.Tensor:
     return MODEL_FAMILIES.get(family_of(model)).rope_positions(model, batch)
 
 
-def shared_token_distributions(model, batch, ids: torch.Tensor, mask: torch.Tensor, group_size: int,
-                               temperature: float = 1.0) -> torch.Tensor:
-    """``log pi(. | prompt, y_<t)`` ``[P*G, T, V]`` for ``P`` prompts (``batch``, left-padded) and their ``G``
-    completions each (rows ``p*G .. p*G+G-1`` of ``ids``), running every prompt once.
-
-    Equal to ``token_distributions`` on the prompts repeated G times (tested to 1e-5 in fp32, with gradients).
-    """
+def shared_completion_hidden(model, batch, ids: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The hidden states ``[P*G, T, H]`` predicting the completions ``ids`` of ``P`` prompts (``batch``,
+    left-padded) and their ``G`` completions each (rows ``p*G .. p*G+G-1``), running every prompt once; called
+    inside ``logprobs.hidden_state_outputs``. Equal to ``hf.completion_hidden`` on the prompts repeated G times."""
     device = batch["input_ids"].device
     ids, mask = ids.to(device), mask.to(device)
     positions = prompt_positions(model, batch)
     prefill = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = prefill.logits[:, -1:].repeat_interleave(group_size, dim=0)  # predicts completion token 0
     if ids.shape[1] == 1:
-        return torch.log_softmax(first.float() / temperature, dim=-1)
+        return first
     cache = prefill.cache
     repeat_cache(cache, positions.shape[1], group_size)
     steps = torch.arange(1, ids.shape[1], device=device)
@@ -99,8 +97,16 @@ def shared_token_distributions(model, batch, ids: torch.Tensor, mask: torch.Tens
         cache=cache,
         use_cache=True,
     ).logits
-    logits = torch.cat([first, rest], dim=1)
-    return torch.log_softmax(logits.float() / temperature, dim=-1)
+    return torch.cat([first, rest], dim=1)
+
+
+def shared_token_stats(model, batch, ids: torch.Tensor, mask: torch.Tensor, group_size: int,
+                       temperature: float = 1.0, *, entropy: bool = False, distributions: bool = False) -> TokenStats:
+    """``hf.token_stats`` of ``G`` completions per prompt with each prompt run once (tested equal to the
+    full-sequence path to 1e-5 in fp32, values and gradients)."""
+    with hidden_state_outputs(model) as head:
+        hidden = shared_completion_hidden(model, batch, ids, mask, group_size)
+    return head_stats(head, hidden, ids, mask, temperature, entropy=entropy, distributions=distributions)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, suppress_ids: list[int] | None) -> torch.Tensor:

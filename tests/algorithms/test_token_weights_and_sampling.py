@@ -7,7 +7,7 @@ import torch
 from mmrl.algorithms.sampling import (
     ada_done, ada_keep, informative_groups, outcome_variance, reinforce_ada, row_weights, trajectory_diversity, vas,
 )
-from mmrl.algorithms.token_weights import TokenBatch, entropy, entropy_top, precision, tw_grpo
+from mmrl.algorithms.token_weights import TokenBatch, entropy_top, precision, tw_grpo
 from mmrl.rollout.groups import Rollouts
 
 
@@ -47,12 +47,6 @@ def test_entropy_top_keeps_the_top_fifth():
     h = torch.tensor([[0.01, 2.3, 0.05, 0.9, 0.0], [0.7, 0.02, 1.5, 0.0, 0.0]])
     w = entropy_top(tokens([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], entropy=h), fraction=0.2)
     assert w.tolist() == [[0, 1, 0, 0, 0], [0, 0, 1, 0, 0]]
-
-
-def test_entropy_of_a_distribution():
-    # Uniform over 4: ln 4 = 1.386294; a point mass: 0.
-    log_dist = torch.log(torch.tensor([[[0.25] * 4, [1.0, 1e-30, 1e-30, 1e-30]]]))
-    assert entropy(log_dist, torch.ones(1, 2))[0].tolist() == pytest.approx([1.386294, 0.0], abs=1e-6)
 
 
 def test_precision_weights_number_tokens():

@@ -46,7 +46,7 @@ def _run(tmp_path, completions: list[str], fields: dict, task: str = "detection"
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     Image.new("RGB", (SIDE, SIDE), (200, 200, 200)).save(data / "shapes.png")
-    run = RunDir(tmp_path / "run", tensorboard=False)
+    run = RunDir(tmp_path / "run")
     run.log_rollouts(1, [_group(str(data / "shapes.png"), completions, fields)])
     run.write_json("config.json", {"task": task})
     view = RunView(run.root)

@@ -35,7 +35,7 @@ def gui_run(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     Image.new("RGB", (40, 40), (200, 200, 200)).save(data / "shot.png")
-    run = RunDir(tmp_path / "run", tensorboard=False)
+    run = RunDir(tmp_path / "run")
     for step, totals in ((1, [1.2, 0.1, 1.9, 0.5]), (2, [1.5, 1.8, 1.7, 1.9])):
         run.log_rollouts(step, [_gui_group(str(data / "shot.png"), ["(5, 6)", "junk", "(10, 10)", "(0, 0)"], totals)])
         run.log_metrics(step, {"reward/mean": sum(totals) / 4, "reward/std": 0.5, "kl": 0.01 * step,
@@ -55,7 +55,7 @@ def test_media_are_kept_inside_the_run(gui_run, tmp_path):
 
 
 def test_media_of_a_missing_file_is_none(tmp_path):
-    run = RunDir(tmp_path / "run", tensorboard=False)
+    run = RunDir(tmp_path / "run")
     assert run.publish_media(str(tmp_path / "gone.png")) is None
 
 
@@ -226,7 +226,7 @@ def test_video_renderer_shows_frames_and_both_intervals(tmp_path):
 
     annotations = generate(tmp_path / "data", 1, seed=0, duration=(4.0, 4.0), min_event=1.0)
     video = next((tmp_path / "data" / "videos").iterdir())
-    run = RunDir(tmp_path / "run", tensorboard=False)
+    run = RunDir(tmp_path / "run")
     sample = Sample(id="v", prompt="when does it move?", videos=[str(video)],
                     fields={"gt_interval": [1.0, 2.0], "duration": 4.0})
     run.log_rollouts(1, [Group(sample, ["<answer>2.0 - 4.0</answer>", "no idea"], {"iou": [0.0, 0.0]}, [0.0, 0.0],

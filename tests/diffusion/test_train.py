@@ -37,11 +37,14 @@ def config(cache, out, algorithm, *overrides):
 
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
-def test_each_algorithm_writes_a_complete_run(cache, tmp_path, algorithm):
+def test_each_algorithm_writes_a_complete_run(cache, tmp_path, algorithm, recording_tracker):
     extra = ["algorithm_args.beta=0.1"] if algorithm == "flow_grpo" else []
-    summary = train(config(cache, tmp_path, algorithm, "optim.steps=2", *extra))
+    summary = train(config(cache, tmp_path, algorithm, "optim.steps=2", *extra), trackers=[recording_tracker])
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+    assert recording_tracker.rows == rows and recording_tracker.finished  # trackers get what metrics.jsonl has
+    assert recording_tracker.config["algorithm"] == algorithm
+    assert list((tmp_path / "tb" / tmp_path.name).glob("events.out.tfevents.*"))  # the default tracker
     assert all(torch.isfinite(torch.tensor([r["reward/mean"], r["loss"], r["grad_norm"]])).all() for r in rows)
     if algorithm == "flow_grpo":
         assert all(r["kl"] >= 0 for r in rows)
@@ -52,6 +55,12 @@ def test_each_algorithm_writes_a_complete_run(cache, tmp_path, algorithm):
     assert (tmp_path / "checkpoints" / "step-000002" / "state.pt").is_file()
     assert load_file(str(tmp_path / "final" / FINAL_WEIGHTS))
     assert summary["reward"]["first"] == pytest.approx(sum(r["reward/mean"] for r in rows) / 2)
+
+
+def test_without_trackers_only_metrics_jsonl_logs(cache, tmp_path):
+    train(config(cache, tmp_path, "ddpo", "optim.steps=1", "log_with=[]"))
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (tmp_path / "tb").exists()
 
 
 @pytest.mark.parametrize("path,eta", [("tiny-sd", 1.0), ("tiny-sd3", 0.7)])

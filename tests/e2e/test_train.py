@@ -17,16 +17,17 @@ from mmrl.trainer import train
 REQUIRED_METRICS = {"step", "reward/mean", "reward/std", "loss", "kl", "completion_len/mean"}
 
 
-def run(overrides: list[str], on_step=None) -> dict:
-    return train(load_config(TrainConfig, None, overrides), on_step=on_step)
+def run(overrides: list[str], on_step=None, trackers=()) -> dict:
+    return train(load_config(TrainConfig, None, overrides), on_step=on_step, trackers=trackers)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final" / "model.safetensors")
 
 
-def test_run_directory_contents(tiny_run, tmp_path):
-    summary = run(tiny_run + ["grpo.beta=0.04", "grpo.mu=2"])
+def test_run_directory_contents(tiny_run, tmp_path, recording_tracker):
+    """The default trackers (TensorBoard) and a tracker object get exactly the rows of ``metrics.jsonl``."""
+    summary = run(tiny_run + ["grpo.beta=0.04", "grpo.mu=2"], trackers=[recording_tracker])
     root = tmp_path / "run"
     metrics = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
@@ -41,7 +42,9 @@ def test_run_directory_contents(tiny_run, tmp_path):
         assert g["fields"]["gt_box"] and g["fields"]["scale"]
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     assert (root / "sft_model" / "config.json").is_file() and (root / "final" / "config.json").is_file()
-    assert list((root / "tb").iterdir())
+    assert list((root / "tb" / "run").glob("events.out.tfevents.*"))
+    assert recording_tracker.rows == metrics and recording_tracker.finished
+    assert recording_tracker.config["grpo.beta"] == 0.04 and recording_tracker.config["output_dir"] == str(root)
     on_disk = json.loads((root / "summary.json").read_text())
     assert on_disk["before"]["n"] == 4 and 0 <= on_disk["after"]["accuracy"] <= 1
     assert summary["after"] == on_disk["after"]

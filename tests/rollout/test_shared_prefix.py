@@ -1,5 +1,7 @@
 """Group-shared prefix log-probs equal the full-sequence ones (fp32), for image and video prompts, with and
-without LoRA, for the policy and the adapter-disabled reference; so do their gradients."""
+without LoRA, for the policy and the adapter-disabled reference; so do their gradients. Both lean paths
+(``rollout.logprobs``: the head applied in chunks after the forward pass) also equal the plain log-softmax over
+the model's full logits."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +12,9 @@ from PIL import Image
 from mmrl.config import LoraConfig, ModelConfig
 from mmrl.models.load import load_policy, load_processor
 from mmrl.models.tiny import make_tiny
-from mmrl.rollout.hf import encode_prompts, gather_logprobs, token_distributions
-from mmrl.rollout.shared import expand_batch, shared_token_distributions
+from mmrl.rollout import logprobs
+from mmrl.rollout.hf import completion_hidden, encode_prompts, token_stats
+from mmrl.rollout.shared import expand_batch, shared_token_stats
 from mmrl.types import Sample
 
 G, T = 3, 6
@@ -64,38 +67,48 @@ def completions(n_prompts: int):
     return ids, mask
 
 
-def both_paths(model, batch, ids, mask):
-    full = gather_logprobs(token_distributions(model, expand_batch(batch, G), ids, mask), ids, mask)
-    shared = gather_logprobs(shared_token_distributions(model, batch, ids, mask, G), ids, mask)
-    return full, shared
+def plain_logprobs(model, batch, ids, mask):
+    """What the lean paths replace: the model's own logits at every completion position (``completion_hidden``
+    outside ``hidden_state_outputs`` returns logits), a full ``[B, T, V]`` log-softmax, then the gather."""
+    log_dist = torch.log_softmax(completion_hidden(model, batch, ids, mask).float(), dim=-1)
+    return log_dist.gather(-1, ids[..., None]).squeeze(-1) * mask
+
+
+def all_paths(model, batch, ids, mask):
+    """Plain full sequences, lean full sequences, lean shared prefix."""
+    wide = expand_batch(batch, G)
+    return (plain_logprobs(model, wide, ids, mask), token_stats(model, wide, ids, mask).logp,
+            shared_token_stats(model, batch, ids, mask, G).logp)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full-ft", "lora"])
 @pytest.mark.parametrize("kind", ["image", "video"])
-def test_shared_prefix_logprobs_and_gradients_equal_full_sequence(tiny_dir, processor, lora, kind):
+def test_shared_prefix_logprobs_and_gradients_equal_full_sequence(tiny_dir, processor, lora, kind, monkeypatch):
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 5 * 1000)  # a few token rows per chunk of the head
     model = model_for(tiny_dir, lora)
     batch = image_batch(processor) if kind == "image" else video_batch(processor)
     ids, mask = completions(len(batch["input_ids"]))
     adv = torch.linspace(-1, 1, len(ids))[:, None]
 
-    full, shared = both_paths(model, batch, ids, mask)
-    assert torch.allclose(full, shared, atol=1e-5), (full - shared).abs().max()
+    plain, full, shared = all_paths(model, batch, ids, mask)
+    for lean in (full, shared):
+        assert torch.allclose(lean, plain, atol=1e-5), (lean - plain).abs().max()
 
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = []
-    for logp in (full, shared):
-        grads.append(torch.autograd.grad((-(adv * logp) * mask).sum(), params, retain_graph=True))
+    grads = [torch.autograd.grad((-(adv * logp) * mask).sum(), params, retain_graph=True)
+             for logp in (plain, full, shared)]
     checked = 0
-    for gf, gs in zip(*grads):
-        if gf.abs().max() > 0:
-            assert torch.allclose(gs, gf, rtol=1e-5, atol=1e-5 * gf.abs().max()), (gs - gf).abs().max()
+    for gp, gf, gs in zip(*grads):
+        if gp.abs().max() > 0:
+            for lean in (gf, gs):
+                assert torch.allclose(lean, gp, rtol=1e-5, atol=1e-5 * gp.abs().max()), (lean - gp).abs().max()
             checked += 1
     assert checked > 0.9 * len(params)  # vision tower, prompt and completion weights all get gradients
 
     if lora:  # the reference policy: adapters disabled, same equality
         with model.disable_adapter(), torch.no_grad():
-            ref_full, ref_shared = both_paths(model, batch, ids, mask)
-        assert torch.allclose(ref_full, ref_shared, atol=1e-5)
+            ref_plain, ref_full, ref_shared = all_paths(model, batch, ids, mask)
+        assert torch.allclose(ref_full, ref_plain, atol=1e-5) and torch.allclose(ref_shared, ref_plain, atol=1e-5)
         assert not torch.allclose(ref_full, full.detach(), atol=1e-4)  # the adapter really was off
 
 

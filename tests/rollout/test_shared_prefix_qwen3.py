@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_shared_prefix import G, both_paths, completions, model_for
+from test_shared_prefix import G, all_paths, completions, model_for
 
 from mmrl.config import ModelConfig
 from mmrl.models.load import load_policy, load_processor, placeholder_ids
@@ -90,7 +90,8 @@ def test_shared_prefix_logprobs_and_gradients_equal_full_sequence(tiny_dir, proc
     ids, mask = completions(len(batch["input_ids"]))
     adv = torch.linspace(-1, 1, len(ids))[:, None]
 
-    full, shared = both_paths(model, batch, ids, mask)
+    plain, full, shared = all_paths(model, batch, ids, mask)
+    assert torch.allclose(full, plain, atol=1e-5), (full - plain).abs().max()
     assert torch.allclose(full, shared, atol=1e-5), (full - shared).abs().max()
 
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
@@ -103,7 +104,7 @@ def test_shared_prefix_logprobs_and_gradients_equal_full_sequence(tiny_dir, proc
 
     if lora:  # the reference policy: adapters disabled, same equality
         with model.disable_adapter(), torch.no_grad():
-            ref_full, ref_shared = both_paths(model, batch, ids, mask)
+            _, ref_full, ref_shared = all_paths(model, batch, ids, mask)
         assert torch.allclose(ref_full, ref_shared, atol=1e-5), (ref_full - ref_shared).abs().max()
         assert not torch.allclose(ref_full, full.detach(), atol=1e-4)  # the adapter really was off
 

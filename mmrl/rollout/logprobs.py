@@ -1,0 +1,104 @@
+"""Per-token log-probs (and entropies) from the model's final hidden states, without a ``[B, T, V]`` tensor.
+
+A real VLM's vocabulary is large (Qwen: 151,936 tokens), so the fp32 log-softmax over every completion position
+is the largest tensor of a GRPO step (32 completions × 256 tokens × 151,936 × 4 bytes ≈ 5 GB, and as much again
+for its gradient). Here the forward pass stops at the final hidden states (``hidden_state_outputs`` swaps the
+output head for the identity for the length of one call), and the head is applied afterwards to the completion
+tokens only (padding skipped), a chunk of rows at a time under activation checkpointing: each chunk's logits
+exist in the forward pass only long enough to give
+
+    logp_t = z_t[y_t] − logsumexp(z_t),   H_t = logsumexp(z_t) − Σ_v softmax(z_t)_v · z_t[v],   z_t = W·h_t / τ
+
+and are recomputed chunk by chunk in the backward pass. Peak extra memory: one chunk of ``chunk_elements``
+logits (and its gradient) instead of ``B·T·V``. The values are the full log-softmax's (same operations per row).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from mmrl.errors import ConfigError
+from mmrl.models.families import unwrap
+
+CHUNK_ELEMENTS = 2**24
+"""Logits per chunk (64 MiB in fp32): small next to a real model's activations, large enough that the output
+head's matmuls stay efficient (~110 token rows at Qwen's vocabulary)."""
+
+_POSTPROCESSED_LOGITS = ("final_logit_softcapping", "logit_scale")
+
+
+@dataclass
+class TokenStats:
+    """What a log-prob pass returns for ``B`` completions of ``T`` positions."""
+
+    logp: torch.Tensor
+    """[B, T] ``log pi(y_t | prompt, y_<t)`` at temperature τ, 0 where the mask is 0 (with gradients)."""
+    entropy: torch.Tensor | None = None
+    """[B, T] entropy of ``pi(. | prompt, y_<t)``, detached, 0 where the mask is 0; only when asked for."""
+    log_dist: torch.Tensor | None = None
+    """[B, T, V] ``log pi(. | prompt, y_<t)`` at every position, detached; only when asked for (it is the one
+    full-vocabulary tensor, for token weightings that compare whole distributions)."""
+
+
+@contextmanager
+def hidden_state_outputs(model):
+    """Within the context, ``model(...).logits`` are the final hidden states ``[B, L, H]`` (the positions kept
+    by ``logits_to_keep``); yields the output head, to be applied by ``head_stats``. The model is called as it
+    is, through any DDP / peft wrapper, so gradient synchronisation and adapters behave as usual."""
+    inner = unwrap(model)
+    config = inner.config.get_text_config()
+    for key in _POSTPROCESSED_LOGITS:
+        if getattr(config, key, None) not in (None, 1.0):
+            raise ConfigError(f"{type(inner).__name__} post-processes its logits ({key}={getattr(config, key)}); "
+                              "mmrl computes log-probs from the output head alone and does not support it")
+    head = inner.get_output_embeddings()
+    inner.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        inner.set_output_embeddings(head)
+
+
+def _row_stats(head, hidden: torch.Tensor, ids: torch.Tensor, temperature: float, with_entropy: bool):
+    """``(logp, entropy)`` of rows ``hidden [n, H]`` with targets ``ids [n]`` (entropy empty unless asked)."""
+    logits = head(hidden).float() / temperature
+    norm = logits.logsumexp(-1)
+    logp = logits.gather(-1, ids[:, None]).squeeze(-1) - norm
+    if not with_entropy:
+        return logp, logits.new_zeros(0)
+    return logp, (norm - (logits.softmax(-1) * logits).sum(-1)).detach()
+
+
+def head_stats(head, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0, *,
+               entropy: bool = False, distributions: bool = False,
+               chunk_elements: int | None = None) -> TokenStats:
+    """``TokenStats`` of completions ``ids [B, T]`` (``mask`` 1 on completion tokens) from the hidden states
+    ``hidden [B, T, H]`` that predict them, applying ``head`` to at most ``chunk_elements`` logits at a time
+    (default ``CHUNK_ELEMENTS``)."""
+    ids, mask = ids.to(hidden.device), mask.to(hidden.device)
+    keep = mask.bool()
+    rows, targets = hidden[keep], ids[keep]
+    if len(rows) == 0:  # nothing to score: still one row through the head, times 0, so that the graph reaches
+        # every parameter (its gradient is 0, as with the full log-softmax; DDP waits for every gradient)
+        rows, targets, keep = hidden[:1, 0], ids[:1, 0], None
+    vocab = head.weight.shape[0]
+    size = max(1, (chunk_elements or CHUNK_ELEMENTS) // vocab)
+    logp_parts, entropy_parts = [], []
+    for start in range(0, len(rows), size):
+        part = (head, rows[start:start + size], targets[start:start + size], temperature, entropy)
+        logp, ent = checkpoint(_row_stats, *part, use_reentrant=False) if torch.is_grad_enabled() else _row_stats(*part)
+        logp_parts.append(logp)
+        entropy_parts.append(ent)
+    zeros = hidden.new_zeros(mask.shape, dtype=torch.float32)
+    if keep is None:
+        stats = TokenStats(zeros + 0 * torch.cat(logp_parts).sum(), torch.zeros_like(zeros) if entropy else None)
+    else:
+        stats = TokenStats(zeros.masked_scatter(keep, torch.cat(logp_parts)),
+                           zeros.masked_scatter(keep, torch.cat(entropy_parts)) if entropy else None)
+    if distributions:
+        with torch.no_grad():
+            stats.log_dist = torch.log_softmax(head(hidden).float() / temperature, dim=-1)
+    return stats

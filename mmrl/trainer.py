@@ -200,13 +200,12 @@ def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, 
 
 
 def run_eval(task: Task, model, processor, samples, media, cfg: TrainConfig, suppress, accelerator, desc) -> dict:
-    """Greedy evaluation on the main process (others wait); returns the task's metrics (``Task.aggregate``)."""
-    result = {}
-    if accelerator.is_main_process:
-        outputs = generate_outputs(accelerator.unwrap_model(model), processor, samples, media,
-                                   batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                                   suppress_ids=suppress, progress=cfg.progress, desc=desc)
-        result = score_outputs(task, samples, outputs)
+    """Greedy evaluation, the samples spread over the ranks (``generate_outputs``), scored on the main process
+    (others wait); returns the task's metrics (``Task.aggregate``) there, ``{}`` elsewhere."""
+    outputs = generate_outputs(accelerator.unwrap_model(model), processor, samples, media,
+                               batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                               suppress_ids=suppress, progress=cfg.progress, desc=desc)
+    result = score_outputs(task, samples, outputs) if accelerator.is_main_process else {}
     accelerator.wait_for_everyone()
     return result
 

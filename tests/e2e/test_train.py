@@ -99,17 +99,45 @@ def test_lora_trains_adapters_with_adapter_disabled_reference(tiny_run, tmp_path
 
 
 @pytest.mark.slow
-def test_two_process_accelerate_run_keeps_ranks_identical(tiny_run, tmp_path):
-    """Two CPU ranks (gloo). accelerate 1.x runs ``launch --cpu`` as ONE process unless given an MPI hostfile,
-    so the two processes are started through its torchrun path (``--multi_gpu``); without CUDA each rank's
-    ``Accelerator(cpu=True)`` then joins a MULTI_CPU group."""
+def launch_two(*target: str, **env: str) -> None:
+    """``target`` (``-m mmrl train ...`` or a script and its arguments) on two CPU ranks (gloo). accelerate 1.x
+    runs ``launch --cpu`` as ONE process unless given an MPI hostfile, so the two processes are started through its
+    torchrun path (``--multi_gpu``); without CUDA each rank's ``Accelerator(cpu=True)`` then joins a MULTI_CPU
+    group."""
     cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "mmrl", "train", "gui_grounding", *tiny_run]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *target]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_process_accelerate_run_keeps_ranks_identical(tiny_run, tmp_path):
+    launch_two("-m", "mmrl", "train", "gui_grounding", *tiny_run)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     prints = summary["rank_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]
     assert [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_evaluation_spread_over_two_ranks_equals_one_process(tiny_run, tmp_path):
+    """Each rank decodes every other eval sample (5 samples: shares of 3 and 2); gathered back in order, the
+    outputs equal one process's, one sample per batch so batching cannot change a greedy output."""
+    overrides = [o for o in tiny_run if not o.startswith("data.synthetic.n_eval")] + ["data.synthetic.n_eval=5"]
+    script = Path(__file__).with_name("generate_on_ranks.py")
+    launch_two(str(script), str(tmp_path / "two.json"), *overrides)
+    sys.path.insert(0, str(script.parent))
+    try:
+        from generate_on_ranks import main as one_process
+    finally:
+        sys.path.remove(str(script.parent))
+    one = one_process(str(tmp_path / "one.json"), overrides)
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert len(one) == 5 and len(set(one)) > 1  # distinct outputs: a wrong order would show
+    assert two == one
+
+
+def test_interleave_puts_each_ranks_outputs_back_in_sample_order():
+    from mmrl.evaluate import interleave
+
+    # 5 samples on 2 ranks: rank 0 decoded samples 0, 2, 4; rank 1 samples 1, 3.
+    assert interleave([["s0", "s2", "s4"], ["s1", "s3"]], 5) == ["s0", "s1", "s2", "s3", "s4"]

@@ -148,7 +148,8 @@ def test_shipped_mini_geneval_configs_run_end_to_end_shortened(tmp_path, monkeyp
              "progress=false"]
     cfg = load_config(DiffusionConfig, config, [*small, f"output_dir={tmp_path / 'run'}", "optim.steps=2",
                                                 "optim.prompts_per_step=2", "optim.images_per_prompt=2",
-                                                "optim.micro_batch_size=4", "sampling.steps=3"])
+                                                "optim.micro_batch_size=4", "sampling.steps=3",
+                                                "sampling.sde_window=[0, 2]"])
     assert cfg.model.tiny_world == "mini_geneval" and cfg.rewards[0].name == "geneval_partial"
     summary = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -48,7 +48,7 @@ def overrides(work: Path, side: int, new_tokens: int, steps: int) -> list[str]:
             f"grpo.steps={steps}", f"grpo.prompts_per_step={PROMPTS}", f"grpo.group_size={GROUP}",
             f"grpo.max_new_tokens={new_tokens}", f"grpo.micro_batch_size={PROMPTS * GROUP}", "grpo.mu=1",
             f"grpo.beta={BETA}", "grpo.kl_estimator=k3", "grpo.loss_agg=token_mean", "grpo.advantage=grpo",
-            "grpo.lr=1e-6", "eval.before_and_after=false", f"save_every={steps + 1}"]
+            "grpo.lr=1e-6", "eval.before_and_after=false", f"save_every={steps + 1}", "overwrite=true"]
 
 
 def peak_rss_mib() -> float:

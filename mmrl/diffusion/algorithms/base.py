@@ -108,6 +108,7 @@ def sample_and_score(ctx: Context, batch: Batch, generator: torch.Generator, sto
     policy, cfg = ctx.policy, ctx.cfg
     trajectories, images = [], []
     sampler = policy.sampler(cfg.sampling.steps, stochasticity)
+    stochastic = cfg.sampling.stochastic_steps()
     group_noise = None
     if cfg.sampling.shared_noise:  # one x_T per group (sampling.shared_noise)
         group_noise = policy.noise(len(batch.prompts) // batch.group_size, cfg.model.resolution, generator)
@@ -116,7 +117,7 @@ def sample_and_score(ctx: Context, batch: Batch, generator: torch.Generator, sto
         denoise = policy.denoiser_fn(batch.cond[rows], cfg.sampling.guidance_scale)
         noise = group_noise[rows] if group_noise is not None else policy.noise(len(rows), cfg.model.resolution,
                                                                                 generator)
-        traj = rollout(denoise, sampler, noise, generator, stochastic=cfg.sampling.stochastic_steps())
+        traj = rollout(denoise, sampler, noise, generator, stochastic=stochastic)
         trajectories.append(traj)
         images.append(policy.decode(traj.final))
     batch.trajectory = Trajectory(torch.cat([t.latents for t in trajectories]),

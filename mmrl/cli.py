@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 
 from mmrl.diffusion import cli as diffusion_cli
@@ -72,6 +74,19 @@ def cmd_demo(args) -> None:
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"run directory not found: {args.run_dir}")
     launch(args.run_dir, host=args.host, port=args.port, refresh_seconds=args.refresh)
+
+
+@contextmanager
+def stdout_of_main_process():
+    """Under several processes (``mmrl eval ... --model`` run by ``accelerate launch``) every rank scores the
+    gathered outputs, so each would print the same table: only the main process's stdout is kept (stderr stays)."""
+    from mmrl.evaluate import process_state
+
+    if process_state().is_main_process:
+        yield
+    else:
+        with open(os.devnull, "w") as sink, redirect_stdout(sink):
+            yield
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with stdout_of_main_process() if args.command == "eval" else nullcontext():
+            args.func(args)
     except MMRLError as e:
         print(f"mmrl: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -16,13 +16,19 @@ from mmrl.rollout.hf import generate
 from mmrl.types import Sample
 
 
+def process_state() -> PartialState:
+    """This process's place among those ``accelerate launch`` started (the trainer's accelerator sets it up the
+    same way). ``cpu`` without CUDA: otherwise a CPU rank finds no device and takes itself for the only process."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def generate_outputs(
     model, processor, samples: list[Sample], media: MediaCache, *, batch_size: int, max_new_tokens: int,
     suppress_ids: list[int], progress: bool = True, desc: str = "eval", temperature: float | None = None,
 ) -> list[str]:
     """Completions for ``samples``, in order: greedy, or sampled at ``temperature`` when it is given (sampled
     outputs then depend on the number of processes, each rank drawing from its own generator state)."""
-    state = PartialState()
+    state = process_state()
     mine = samples[state.process_index::state.num_processes]
     was_training = model.training
     model.eval()

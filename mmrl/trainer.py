@@ -288,12 +288,14 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
     ref_model = frozen_reference(model, cfg, g.beta > 0 or algo.needs_reference)
     optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps, g.steps * g.mu, g.lr_schedule)
     shared = use_shared_prefix(model, g.shared_prefix, accelerator)
+    accelerator.free_memory()  # forget the SFT model and optimizer: checkpoints hold RL's alone
     model, optimizer = accelerator.prepare(model, optimizer)
+    checkpoint.register(accelerator, scheduler)  # not prepared: accelerate would step it once per process
     prompts = algo.prompt_sampler(len(train_set), cfg.seed)
     advantage_state: dict = {}
     start = 0
     if resume_from is not None:
-        state = checkpoint.load(resume_from, model, optimizer, scheduler, accelerator)
+        state = checkpoint.load(resume_from, accelerator)
         start, advantage_state = state["step"], state["advantage_state"]
         prompts.load_state_dict(state["prompt_sampler"])
         run.truncate_metrics(start)
@@ -337,8 +339,7 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
         if (step + 1) % cfg.save_every == 0 or step + 1 == g.steps:
             trainer_state = {"step": step + 1, "advantage_state": advantage_state,
                              "prompt_sampler": prompts.state_dict()}
-            checkpoint.save(run.root, step + 1, model, optimizer, scheduler, trainer_state, accelerator,
-                            keep=cfg.keep_checkpoints)
+            checkpoint.save(run.root, step + 1, trainer_state, accelerator, keep=cfg.keep_checkpoints)
         if on_step is not None:
             on_step(step + 1)
 

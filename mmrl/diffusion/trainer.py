@@ -144,12 +144,13 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None,
     optimizer, scheduler = make_optimizer(policy.denoiser, cfg.optim.lr, cfg.optim.weight_decay, 0,
                                           cfg.optim.steps, "constant")
     ctx = Context(cfg, policy, reward, optimizer, accelerator)
+    checkpoint.register(accelerator, checkpoint.Trainable(policy.denoiser), optimizer, scheduler)
 
     # 2. Resume: weights, optimiser, scheduler, RNG and the algorithm's own state (e.g. DDPO's statistics).
     start = 0
     resume_from = checkpoint.latest(run.root) if cfg.resume else None
     if resume_from is not None:
-        state = checkpoint.load(resume_from, policy.denoiser, optimizer, scheduler, accelerator)
+        state = checkpoint.load(resume_from, accelerator)
         start = state["step"]
         algorithm.load_state_dict(state["algorithm"])
         run.truncate_metrics(start)
@@ -169,8 +170,7 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None,
         if cfg.log_rollouts:
             write_rollouts(run, step + 1, everyone, cfg.log_images_per_step)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.optim.steps:
-            checkpoint.save(run.root, step + 1, policy.denoiser, optimizer, scheduler,
-                            {"step": step + 1, "algorithm": algorithm.state_dict()}, accelerator,
+            checkpoint.save(run.root, step + 1, {"step": step + 1, "algorithm": algorithm.state_dict()}, accelerator,
                             keep=cfg.keep_checkpoints)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}")
         if on_step is not None:

@@ -52,7 +52,7 @@ def test_each_algorithm_writes_a_complete_run(cache, tmp_path, algorithm, record
     assert len(groups) == 2 and all(len(g["images"]) == 2 and len(g["total"]) == 2 for g in groups)
     assert all((tmp_path / p).is_file() for g in groups for p in g["images"])
     assert (groups[0]["advantages"] is None) == (algorithm == "alignprop")
-    assert (tmp_path / "checkpoints" / "step-000002" / "state.pt").is_file()
+    assert (tmp_path / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
     assert load_file(str(tmp_path / "final" / FINAL_WEIGHTS))
     assert summary["reward"]["first"] == pytest.approx(sum(r["reward/mean"] for r in rows) / 2)
 

@@ -1,6 +1,7 @@
 """``python generate_on_ranks.py OUT.json key=value ...``: greedy outputs of ``model.path`` on the gui_grounding
-eval split (one sample per batch) through ``mmrl.evaluate.generate_outputs``, written by the main process; run
-under ``accelerate launch`` by tests/e2e/test_train.py to compare several ranks with one process."""
+eval split (one sample per batch) through ``mmrl.evaluate.generate_outputs``, written with the number of
+processes by the main process; run under ``accelerate launch`` by tests/e2e/test_train.py to compare several ranks
+with one process."""
 import json
 import sys
 from pathlib import Path
@@ -22,8 +23,9 @@ def main(out: str, overrides: list[str]) -> list[str]:
     outputs = generate_outputs(model, processor, samples, media_cache(cfg.model, "qwen2_5_vl"), batch_size=1,
                                max_new_tokens=cfg.eval.max_new_tokens,
                                suppress_ids=placeholder_ids(processor.tokenizer), progress=False)
-    if PartialState().is_main_process:
-        Path(out).write_text(json.dumps(outputs))
+    state = PartialState()
+    if state.is_main_process:
+        Path(out).write_text(json.dumps({"processes": state.num_processes, "outputs": outputs}))
     return outputs
 
 

@@ -98,25 +98,49 @@ def test_lora_trains_adapters_with_adapter_disabled_reference(tiny_run, tmp_path
     assert summary["after"]["n"] == 4
 
 
-@pytest.mark.slow
-def launch_two(*target: str, **env: str) -> None:
-    """``target`` (``-m mmrl train ...`` or a script and its arguments) on two CPU ranks (gloo). accelerate 1.x
-    runs ``launch --cpu`` as ONE process unless given an MPI hostfile, so the two processes are started through its
-    torchrun path (``--multi_gpu``); without CUDA each rank's ``Accelerator(cpu=True)`` then joins a MULTI_CPU
-    group."""
+def launch_two(*target: str, ok: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """``target`` (``-m mmrl train ...`` or a script and its arguments) on two CPU ranks (gloo); asserts it
+    succeeded (``ok``) or failed. accelerate 1.x runs ``launch --cpu`` as ONE process unless given an MPI hostfile,
+    so the two processes are started through its torchrun path (``--multi_gpu``); without CUDA each rank's
+    ``Accelerator(cpu=True)`` then joins a MULTI_CPU group."""
     cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *target]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
+    return proc
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_run_keeps_ranks_identical(tiny_run, tmp_path):
     launch_two("-m", "mmrl", "train", "gui_grounding", *tiny_run)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     prints = summary["rank_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]
     assert [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.slow
+def test_two_process_resume_after_a_kill_gives_identical_weights(tiny_run, tmp_path):
+    """Two ranks, 4 RL steps straight vs. both ranks killed after step 3 (last checkpoint: step 2) and resumed: the
+    same weights on every rank, bit for bit (model, optimizer, scheduler and each rank's RNG come back through
+    ``Accelerator.load_state``)."""
+    common = [o for o in tiny_run if not o.startswith(("output_dir", "grpo.steps"))] + [
+        "grpo.steps=4", "save_every=2", "grpo.beta=0.04", "grpo.lr=1e-3", "eval.before_and_after=false"]
+    straight, crashed = [*common, f"output_dir={tmp_path / 'a'}"], [*common, f"output_dir={tmp_path / 'b'}"]
+    launch_two("-m", "mmrl", "train", "gui_grounding", *straight)
+    launch_two(str(Path(__file__).with_name("crash_on_ranks.py")), "3", "gui_grounding", *crashed, ok=False)
+    assert not (tmp_path / "b" / "final").exists()
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-000002"]
+    launch_two("-m", "mmrl", "train", "gui_grounding", *crashed, "resume=true")
+
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(tmp_path / "a" / "sft_model" / "model.safetensors")
+    assert any(not torch.equal(base[k], a[k]) for k in a), "RL changed nothing: the comparison would be vacuous"
+    summary_a, summary_b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
+    assert len(set(summary_a["rank_fingerprints"] + summary_b["rank_fingerprints"])) == 1
+    assert [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
 def test_evaluation_spread_over_two_ranks_equals_one_process(tiny_run, tmp_path):
@@ -132,8 +156,24 @@ def test_evaluation_spread_over_two_ranks_equals_one_process(tiny_run, tmp_path)
         sys.path.remove(str(script.parent))
     one = one_process(str(tmp_path / "one.json"), overrides)
     two = json.loads((tmp_path / "two.json").read_text())
+    assert two["processes"] == 2  # the ranks really shared the work
     assert len(one) == 5 and len(set(one)) > 1  # distinct outputs: a wrong order would show
-    assert two == one
+    assert two["outputs"] == one
+
+
+@pytest.mark.slow
+def test_eval_with_a_model_on_two_ranks_prints_its_table_once(tiny_cache, tmp_path):
+    """``mmrl eval rec --model`` under two processes: both decode their share and score, the main one prints."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (90, 120, 200)).save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "expression": e, "bbox": [4, 4, 30, 30]} for e in ("red car", "blue car", "sky")]
+    (tmp_path / "rec.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = launch_two("-m", "mmrl", "eval", "rec", "--data", str(tmp_path / "rec.jsonl"), "--model",
+                      str(tiny_cache / "models" / "tiny-qwen2_5_vl-tiny"), "--min-pixels", "3136", "--max-pixels",
+                      "12544", "--max-new-tokens", "4", "--output", str(tmp_path / "r.json"))
+    assert proc.stdout.count("acc@0.5") == 1, proc.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 3
 
 
 def test_interleave_puts_each_ranks_outputs_back_in_sample_order():

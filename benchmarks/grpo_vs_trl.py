@@ -2,13 +2,13 @@
 
     pip install -e ".[bench]"
     python benchmarks/grpo_vs_trl.py [--workload grounding|reasoning|both] [--steps 4] [--vocab tiny|qwen]
-                                     [--before CHECKOUT]
+                                     [--before [LABEL=]CHECKOUT ...] [--checkpointing]
 
 Both runs use the same tiny ``small`` Qwen2.5-VL checkpoint (``make-tiny``), the same synthetic ScreenSpot-format
 screenshots and instructions, the same rewards (GUI-G² Gaussian point + format, mmrl's reward functions),
 G completions of each of P prompts per step, the same max new tokens, mu = 1, beta = 0.04 with the k3 KL in the
 loss, PPO clip 0.2, token-mean loss aggregation (TRL ``loss_type="dapo"``, mmrl ``loss_agg: token_mean``),
-group-normalised advantages, no gradient checkpointing, fp32 on CPU. Each side runs in its own subprocess;
+group-normalised advantages, fp32 on CPU, gradient checkpointing off (``--checkpointing``: on, both sides). Each side runs in its own subprocess;
 the table gives the median step time over steps 2..N, completion tokens per second, the peak resident
 memory of that process, and the mmrl/TRL ratios, plus a FLOP floor: the model FLOPs of the tokens a step must
 process (each prompt once, each completion once; 2 FLOPs per parameter per token forward, 4 backward),
@@ -17,8 +17,8 @@ over a measured fp32 matmul rate.
 Workloads: grounding-shaped = 448x448 screenshots, G = 8, 4 prompts, 24 new tokens; reasoning-shaped = 224x224,
 256 new tokens. ``--vocab qwen`` builds the checkpoint around Qwen's real 151,669-token tokenizer (``make-tiny
 --tokenizer qwen``), so the embedding, the output head and the log-softmax have their real size (the tiny
-vocabulary is 1,024). ``--before CHECKOUT`` adds a third side: mmrl as that other checkout has it (e.g. a
-``git worktree`` of an older commit), imported from there. Results go in benchmarks/RESULTS.md.
+vocabulary is 1,024). ``--before [LABEL=]CHECKOUT`` (repeatable) adds a side: mmrl as that other checkout has it (e.g. a
+``git worktree`` of an older commit), imported from there, in the table as "mmrl LABEL" (default "before"). Results go in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ WORKLOADS = {"grounding": {"side": 448, "new_tokens": 24}, "reasoning": {"side":
 PROMPTS, GROUP, BETA = 4, 8, 0.04
 
 
-def overrides(work: Path, side: int, new_tokens: int, steps: int) -> list[str]:
+def overrides(work: Path, side: int, new_tokens: int, steps: int, checkpointing: bool) -> list[str]:
     """The mmrl config of the workload (also what the TRL side reads its data and model from)."""
     pixels = side * side
     return ["task=gui_grounding", f"output_dir={work / 'mmrl_run'}", f"model.path={work / 'model'}", f"model.cache_dir={work / 'cache'}",
@@ -48,24 +48,25 @@ def overrides(work: Path, side: int, new_tokens: int, steps: int) -> list[str]:
             f"grpo.steps={steps}", f"grpo.prompts_per_step={PROMPTS}", f"grpo.group_size={GROUP}",
             f"grpo.max_new_tokens={new_tokens}", f"grpo.micro_batch_size={PROMPTS * GROUP}", "grpo.mu=1",
             f"grpo.beta={BETA}", "grpo.kl_estimator=k3", "grpo.loss_agg=token_mean", "grpo.advantage=grpo",
-            "grpo.lr=1e-6", "eval.before_and_after=false", f"save_every={steps + 1}", "overwrite=true"]
+            "grpo.lr=1e-6", "eval.before_and_after=false", f"save_every={steps + 1}", "overwrite=true",
+            f"model.gradient_checkpointing={str(checkpointing).lower()}"]
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_mmrl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
+def run_mmrl(work: Path, side: int, new_tokens: int, steps: int, checkpointing: bool) -> dict:
     from mmrl.config import TrainConfig, load_config
     from mmrl.trainer import train
 
-    train(load_config(TrainConfig, None, overrides(work, side, new_tokens, steps)))
+    train(load_config(TrainConfig, None, overrides(work, side, new_tokens, steps, checkpointing)))
     rows = [json.loads(x) for x in (work / "mmrl_run" / "metrics.jsonl").read_text().splitlines()]
     return {"step_seconds": [r["step_seconds"] for r in rows],
             "completion_tokens": [r["completion_len/mean"] * PROMPTS * GROUP for r in rows], "peak_mib": peak_rss_mib()}
 
 
-def run_trl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
+def run_trl(work: Path, side: int, new_tokens: int, steps: int, checkpointing: bool) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -76,7 +77,7 @@ def run_trl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
     from mmrl.types import IMAGE_MARK
     from rewards import gui
 
-    cfg = load_config(TrainConfig, None, overrides(work, side, new_tokens, steps))
+    cfg = load_config(TrainConfig, None, overrides(work, side, new_tokens, steps, checkpointing))
     with opened("gui_grounding", cfg.data) as (task, data_cfg):
         samples = task.load("train", data_cfg, load_context(cfg.model, "qwen2_5_vl"))
     images = media_cache(cfg.model, "qwen2_5_vl")
@@ -106,7 +107,7 @@ def run_trl(work: Path, side: int, new_tokens: int, steps: int) -> dict:
     args = GRPOConfig(output_dir=str(work / "trl_run"), per_device_train_batch_size=PROMPTS * GROUP,
                       num_generations=GROUP, max_completion_length=new_tokens, beta=BETA, num_iterations=1,
                       loss_type="dapo", scale_rewards="group", epsilon=0.2, learning_rate=1e-6, max_steps=steps,
-                      gradient_accumulation_steps=1, gradient_checkpointing=False, use_cpu=True, bf16=False,
+                      gradient_accumulation_steps=1, gradient_checkpointing=checkpointing, use_cpu=True, bf16=False,
                       logging_steps=1, report_to=[], save_strategy="no", temperature=1.0, seed=0)
     trainer = GRPOTrainer(model=AutoModelForImageTextToText.from_pretrained(work / "model"), reward_funcs=[point, fmt],
                           args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
@@ -145,7 +146,7 @@ def floor_seconds(work: Path, side: int, completion_tokens: float, flops_per_sec
     return flops / flops_per_second
 
 
-def compare(name: str, steps: int, vocab: str, before: str | None) -> None:
+def compare(name: str, steps: int, vocab: str, before: dict[str, str], checkpointing: bool) -> None:
     spec = WORKLOADS[name]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -153,10 +154,10 @@ def compare(name: str, steps: int, vocab: str, before: str | None) -> None:
 
         make_tiny(work / "model", family="qwen2_5_vl", size="small", tokenizer="qwen" if vocab == "qwen" else None)
         results = {}
-        sides = {"mmrl": None, "trl": None, **({"mmrl before": before} if before else {})}
+        sides = {"mmrl": None, "trl": None, **{f"mmrl {label}": checkout for label, checkout in before.items()}}
         for side, checkout in sides.items():
             cmd = [sys.executable, __file__, "--run", "trl" if side == "trl" else "mmrl", "--work", str(work),
-                   "--workload", name, "--steps", str(steps)]
+                   "--workload", name, "--steps", str(steps), *(["--checkpointing"] if checkpointing else [])]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([checkout, str(ROOT)])} if checkout else None
             out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
             if out.returncode:
@@ -170,7 +171,8 @@ def compare(name: str, steps: int, vocab: str, before: str | None) -> None:
         rate = matmul_flops_per_second()
         floors = {side: floor_seconds(work, spec["side"], row[3], rate) for side, row in rows.items()}
     print(f"\n### {name}: {spec['side']}x{spec['side']}, {PROMPTS} prompts x G={GROUP}, {spec['new_tokens']} new "
-          f"tokens, mu=1, beta={BETA}, {vocab} vocabulary; median of steps 2..{steps}\n")
+          f"tokens, mu=1, beta={BETA}, {vocab} vocabulary, gradient checkpointing {'on' if checkpointing else 'off'}; "
+          f"median of steps 2..{steps}\n")
     print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s\n")
     print("| run | step (s) | completion tokens/step | completion tokens/s | peak RSS (MiB) | FLOP floor (s) "
           "| floor / step |")
@@ -181,9 +183,9 @@ def compare(name: str, steps: int, vocab: str, before: str | None) -> None:
     m, t = rows["mmrl"], rows["trl"]
     print(f"| mmrl/TRL | {m[0] / t[0]:.3f} (throughput {t[0] / m[0]:.1f}x) | | {m[1] / t[1]:.1f}x | {m[2] / t[2]:.2f} "
           "| | |")
-    if before:
-        b = rows["mmrl before"]
-        print(f"| mmrl/mmrl before | {m[0] / b[0]:.3f} (throughput {b[0] / m[0]:.1f}x) | | {m[1] / b[1]:.1f}x "
+    for label in before:
+        b = rows[f"mmrl {label}"]
+        print(f"| mmrl/mmrl {label} | {m[0] / b[0]:.3f} (throughput {b[0] / m[0]:.1f}x) | | {m[1] / b[1]:.1f}x "
               f"| {m[2] / b[2]:.2f} | | |")
 
 
@@ -193,17 +195,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--vocab", default="tiny", choices=["tiny", "qwen"],
                    help="the checkpoint's vocabulary: the tiny trained one (1,024) or Qwen's real one (151,669)")
-    p.add_argument("--before", metavar="CHECKOUT", help="also run mmrl as imported from this other checkout")
+    p.add_argument("--before", metavar="[LABEL=]CHECKOUT", action="append", default=[],
+                   help="also run mmrl as imported from this other checkout (repeatable)")
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on, both sides")
     p.add_argument("--run", choices=["mmrl", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run:
         spec = WORKLOADS[args.workload]
         fn = run_mmrl if args.run == "mmrl" else run_trl
-        print(json.dumps(fn(Path(args.work), spec["side"], spec["new_tokens"], args.steps)))
+        print(json.dumps(fn(Path(args.work), spec["side"], spec["new_tokens"], args.steps, args.checkpointing)))
         return
     for name in WORKLOADS if args.workload == "both" else [args.workload]:
-        compare(name, args.steps, args.vocab, args.before)
+        before = dict(b.split("=", 1) if "=" in b else ("before", b) for b in args.before)
+        compare(name, args.steps, args.vocab, before, args.checkpointing)
 
 
 if __name__ == "__main__":

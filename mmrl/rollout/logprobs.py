@@ -9,8 +9,10 @@ exist in the forward pass only long enough to give
 
     logp_t = z_t[y_t] − logsumexp(z_t),   H_t = logsumexp(z_t) − Σ_v softmax(z_t)_v · z_t[v],   z_t = W·h_t / τ
 
-and are recomputed chunk by chunk in the backward pass. Peak extra memory: one chunk of ``chunk_elements``
-logits (and its gradient) instead of ``B·T·V``. The values are the full log-softmax's (same operations per row).
+and are recomputed chunk by chunk in the backward pass, which for a plain bias-free linear head (every Qwen
+model's) writes the gradient out (``LinearHeadStats``) instead of taking it through autograd. Peak extra memory:
+one chunk of ``chunk_elements`` logits (and its gradient) instead of ``B·T·V``. The values are the full
+log-softmax's (same operations per row).
 """
 from __future__ import annotations
 
@@ -62,14 +64,83 @@ def hidden_state_outputs(model):
         inner.set_output_embeddings(head)
 
 
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits`` in float32 divided by ``temperature`` (no pass over them at τ = 1)."""
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def _row_stats(head, hidden: torch.Tensor, ids: torch.Tensor, temperature: float, with_entropy: bool):
     """``(logp, entropy)`` of rows ``hidden [n, H]`` with targets ``ids [n]`` (entropy empty unless asked)."""
-    logits = head(hidden).float() / temperature
+    logits = _scaled(head(hidden), temperature)
     norm = logits.logsumexp(-1)
     logp = logits.gather(-1, ids[:, None]).squeeze(-1) - norm
-    if not with_entropy:
-        return logp, logits.new_zeros(0)
-    return logp, (norm - (logits.softmax(-1) * logits).sum(-1)).detach()
+    return logp, _entropy(logits, norm) if with_entropy else logits.new_zeros(0)
+
+
+def _entropy(logits: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """``H = logsumexp(z) − Σ_v softmax(z)_v · z_v`` per row, detached."""
+    with torch.no_grad():
+        return norm - ((logits - norm[:, None]).exp() * logits).sum(-1)
+
+
+class LinearHeadStats(torch.autograd.Function):
+    """``(logp, entropy)`` of rows ``hidden [n, H]`` through a bias-free linear head ``weight [V, H]``, ``size`` rows
+    at a time, with the gradient written out instead of taken through autograd. The forward pass keeps one
+    log-normaliser per row, not the logits; the backward pass recomputes a chunk's logits once and turns them
+    into the gradients directly:
+
+        ∂logp_t/∂z_t = e_{y_t} − p_t,   p_t = softmax(z_t),   z_t = W·h_t / τ,
+        ∂L/∂h_t = (g_t/τ)·Wᵀ(e_{y_t} − p_t),   ∂L/∂W = Σ_t (g_t/τ)·(e_{y_t} − p_t)·h_tᵀ,   g_t = ∂L/∂logp_t.
+
+    Autograd through a checkpointed log-softmax does the same matrix products but more passes over each chunk's
+    ``[rows, V]`` logits (the forward recomputed in full, the log-sum-exp's backward, the gather's one-hot scatter
+    into zeros): at Qwen's vocabulary those passes were over half of the head's time. The entropy is detached."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, ids, temperature: float, size: int, with_entropy: bool):
+        logps, norms, entropies = [], [], []
+        for start in range(0, len(hidden), size):
+            logits = _scaled(torch.nn.functional.linear(hidden[start:start + size], weight), temperature)
+            norm = logits.logsumexp(-1)
+            logps.append(logits.gather(-1, ids[start:start + size, None]).squeeze(-1) - norm)
+            norms.append(norm)
+            if with_entropy:
+                entropies.append(_entropy(logits, norm))
+        ctx.save_for_backward(hidden, weight, ids, torch.cat(norms))
+        ctx.temperature, ctx.size = temperature, size
+        entropy = torch.cat(entropies) if with_entropy else hidden.new_zeros(0, dtype=torch.float32)
+        ctx.mark_non_differentiable(entropy)
+        return torch.cat(logps), entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        hidden, weight, ids, norm = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for start in range(0, len(hidden), ctx.size):
+            rows = slice(start, start + ctx.size)
+            g = grad_logp[rows].float() / ctx.temperature
+            logits = _scaled(torch.nn.functional.linear(hidden[rows], weight), ctx.temperature)
+            dz = logits.sub_(norm[rows, None]).exp_().mul_(-g[:, None])  # −(g/τ)·p, in place of the logits
+            dz = dz.scatter_add_(-1, ids[rows, None], g[:, None]).to(weight.dtype)  # + (g/τ)·e_y
+            if grad_hidden is not None:
+                grad_hidden[rows] = dz @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(dz.t(), hidden[rows])
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def _checkpointed_stats(head, rows: torch.Tensor, targets: torch.Tensor, temperature: float, entropy: bool,
+                        size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_row_stats`` of ``size`` rows at a time, each chunk under activation checkpointing: for heads that are not
+    a plain bias-free linear layer (a bias, adapters on it), through autograd."""
+    parts = []
+    for start in range(0, len(rows), size):
+        part = (head, rows[start:start + size], targets[start:start + size], temperature, entropy)
+        parts.append(checkpoint(_row_stats, *part, use_reentrant=False) if torch.is_grad_enabled()
+                     else _row_stats(*part))
+    return torch.cat([logp for logp, _ in parts]), torch.cat([ent for _, ent in parts])
 
 
 def head_stats(head, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0, *,
@@ -86,19 +157,16 @@ def head_stats(head, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
         rows, targets, keep = hidden[:1, 0], ids[:1, 0], None
     vocab = head.weight.shape[0]
     size = max(1, (chunk_elements or CHUNK_ELEMENTS) // vocab)
-    logp_parts, entropy_parts = [], []
-    for start in range(0, len(rows), size):
-        part = (head, rows[start:start + size], targets[start:start + size], temperature, entropy)
-        logp, ent = checkpoint(_row_stats, *part, use_reentrant=False) if torch.is_grad_enabled() else _row_stats(*part)
-        logp_parts.append(logp)
-        entropy_parts.append(ent)
+    if type(head) is torch.nn.Linear and head.bias is None:
+        logp, ent = LinearHeadStats.apply(rows, head.weight, targets, temperature, size, entropy)
+    else:
+        logp, ent = _checkpointed_stats(head, rows, targets, temperature, entropy, size)
     zeros = hidden.new_zeros(mask.shape, dtype=torch.float32)
     if keep is None:
-        stats = TokenStats(zeros + 0 * torch.cat(logp_parts).sum(), torch.zeros_like(zeros) if entropy else None)
+        stats = TokenStats(zeros + 0 * logp.sum(), torch.zeros_like(zeros) if entropy else None)
     else:
-        stats = TokenStats(zeros.masked_scatter(keep, torch.cat(logp_parts)),
-                           zeros.masked_scatter(keep, torch.cat(entropy_parts)) if entropy else None)
+        stats = TokenStats(zeros.masked_scatter(keep, logp), zeros.masked_scatter(keep, ent) if entropy else None)
     if distributions:
         with torch.no_grad():
-            stats.log_dist = torch.log_softmax(head(hidden).float() / temperature, dim=-1)
+            stats.log_dist = torch.log_softmax(_scaled(head(hidden), temperature), dim=-1)
     return stats

@@ -88,16 +88,27 @@ def test_select_then_train_with_the_curriculum(tiny_run, tmp_path):
     run(tiny_run, "grpo.prompt_sampler=curriculum", f"grpo.prompt_sampler_args={{stats: {tmp_path / 'stats.jsonl'}, min_std: -1}}")
 
 
-def test_shared_prefix_and_full_sequences_give_the_same_first_step(tiny_run, tmp_path, capsys):
-    # Step 1 starts from the same weights and rollouts, so its loss and gradient norm must agree (fp32).
-    shared = run([o.replace("/run", "/shared") for o in tiny_run], "grpo.shared_prefix=shared", "grpo.mu=2")
-    full = run([o.replace("/run", "/full") for o in tiny_run], "grpo.shared_prefix=full", "grpo.mu=2")
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["kv-cache", "checkpointing-packed"])
+def test_shared_prefix_and_full_sequences_give_the_same_first_step(tiny_run, checkpointing, monkeypatch):
+    """Step 1 starts from the same weights and rollouts, so its loss and gradient norm must agree (fp32); under
+    gradient checkpointing the shared prefix runs as packed groups. The shared run samples through HF ``generate``
+    too (its own decoding draws other tokens from the same seed), so only the log-prob passes differ."""
+    from mmrl.rollout import groups
+    from mmrl.rollout.hf import generate
+    from mmrl.rollout.shared import expand_batch
+
+    monkeypatch.setattr(groups, "shared_generate", lambda model, processor, batch, group_size, **kw: generate(
+        model, processor, expand_batch(batch, group_size), do_sample=True, **kw))
+    both = [f"model.gradient_checkpointing={str(checkpointing).lower()}", "grpo.mu=2"]
+    shared = run([o.replace("/run", "/shared") for o in tiny_run], "grpo.shared_prefix=shared", *both)
+    full = run([o.replace("/run", "/full") for o in tiny_run], "grpo.shared_prefix=full", *both)
     assert shared[0]["loss"] == pytest.approx(full[0]["loss"], rel=1e-4, abs=1e-6)
     assert shared[0]["grad_norm"] == pytest.approx(full[0]["grad_norm"], rel=1e-4)
 
 
-def test_shared_prefix_falls_back_with_a_notice_under_gradient_checkpointing(tiny_run, capsys):
-    run(tiny_run, "model.gradient_checkpointing=true")
-    assert "shared-prefix log-probs off (gradient checkpointing" in capsys.readouterr().out
+def test_shared_prefix_falls_back_with_a_notice_when_it_cannot_run(tiny_run, capsys):
+    checkpointed_eager = ["model.gradient_checkpointing=true", "model.attn_implementation=eager"]
+    run(tiny_run, *checkpointed_eager)
+    assert "shared-prefix log-probs off (gradient checkpointing turns the KV cache off" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="grpo.shared_prefix=shared is not possible"):
-        run(tiny_run, "model.gradient_checkpointing=true", "grpo.shared_prefix=shared", "overwrite=true")
+        run(tiny_run, *checkpointed_eager, "grpo.shared_prefix=shared", "overwrite=true")

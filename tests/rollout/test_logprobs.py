@@ -1,5 +1,7 @@
 """Lean log-probs (``mmrl.rollout.logprobs``): hand-computed values, chunking that changes nothing, no full
-``[B, T, V]`` tensor kept for backward, and models whose logits the head alone does not give refused."""
+``[B, T, V]`` tensor kept for backward, and models whose logits the head alone does not give refused. Both head
+paths: a bias-free linear head (``LinearHeadStats``, gradients written out) and any other head (a bias here:
+checkpointed autograd)."""
 from __future__ import annotations
 
 import math
@@ -39,11 +41,13 @@ def test_values_by_hand(temperature, logp0, entropy0):
     assert stats.entropy.requires_grad is False and stats.log_dist.requires_grad is False
 
 
-def random_case(seed: int = 0):
+def random_case(seed: int = 0, bias: bool = False):
     g = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(8, 50, bias=False)
+    head = torch.nn.Linear(8, 50, bias=bias)
     with torch.no_grad():
         head.weight.copy_(torch.randn(50, 8, generator=g))
+        if bias:
+            head.bias.copy_(torch.randn(50, generator=g))
     hidden = torch.randn(3, 5, 8, generator=g, requires_grad=True)
     ids = torch.randint(0, 50, (3, 5), generator=g)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
@@ -55,18 +59,21 @@ def plain(head, hidden, ids, mask, temperature):
     return log_dist.gather(-1, ids[..., None]).squeeze(-1) * mask
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["linear-head", "head-with-bias"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("chunk_elements", [50, 150, 10_000])  # 1 row, 3 rows, all 11 rows per chunk
-def test_chunked_values_and_gradients_equal_the_full_log_softmax(chunk_elements):
-    head, hidden, ids, mask = random_case()
+def test_chunked_values_and_gradients_equal_the_full_log_softmax(chunk_elements, temperature, bias):
+    head, hidden, ids, mask = random_case(bias=bias)
     weights = torch.linspace(-1, 1, 15).reshape(3, 5)
-    expected = plain(head, hidden, ids, mask, 0.7)
-    want = torch.autograd.grad((weights * expected).sum(), [hidden, head.weight])
-    stats = head_stats(head, hidden, ids, mask, 0.7, entropy=True, chunk_elements=chunk_elements)
+    params = [hidden, *head.parameters()]
+    expected = plain(head, hidden, ids, mask, temperature)
+    want = torch.autograd.grad((weights * expected).sum(), params)
+    stats = head_stats(head, hidden, ids, mask, temperature, entropy=True, chunk_elements=chunk_elements)
     assert torch.allclose(stats.logp, expected, atol=1e-6)
-    got = torch.autograd.grad((weights * stats.logp).sum(), [hidden, head.weight])
+    got = torch.autograd.grad((weights * stats.logp).sum(), params)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
-    log_dist = torch.log_softmax(head(hidden).detach() / 0.7, dim=-1)
+    log_dist = torch.log_softmax(head(hidden).detach() / temperature, dim=-1)
     assert torch.allclose(stats.entropy, -(log_dist.exp() * log_dist).sum(-1) * mask, atol=1e-5)
 
 
@@ -83,8 +90,9 @@ def largest_saved(fn) -> int:
     return max(sizes)
 
 
-def test_no_full_vocabulary_tensor_is_kept_for_backward():
-    head, hidden, ids, mask = random_case()
+@pytest.mark.parametrize("bias", [False, True], ids=["linear-head", "head-with-bias"])
+def test_no_full_vocabulary_tensor_is_kept_for_backward(bias):
+    head, hidden, ids, mask = random_case(bias=bias)
     full = hidden.shape[0] * hidden.shape[1] * head.weight.shape[0]  # B·T·V = 750
     assert largest_saved(lambda: plain(head, hidden, ids, mask, 1.0)) >= full  # the check can fail
     lean = largest_saved(lambda: head_stats(head, hidden, ids, mask, chunk_elements=100))
@@ -104,8 +112,9 @@ def test_models_that_post_process_their_logits_are_refused():
     assert model.get_output_embeddings() is head
 
 
-def test_a_fully_masked_batch_still_reaches_every_parameter_with_zero_gradient():
-    head, hidden, ids, _ = random_case()
+@pytest.mark.parametrize("bias", [False, True], ids=["linear-head", "head-with-bias"])
+def test_a_fully_masked_batch_still_reaches_every_parameter_with_zero_gradient(bias):
+    head, hidden, ids, _ = random_case(bias=bias)
     stats = head_stats(head, hidden, ids, torch.zeros_like(ids), entropy=True)
     assert stats.logp.abs().sum() == 0 and stats.entropy.abs().sum() == 0
     grads = torch.autograd.grad(stats.logp.sum(), [hidden, head.weight])  # DDP needs every gradient, even 0

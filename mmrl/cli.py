@@ -11,6 +11,7 @@ from pathlib import Path
 from mmrl.diffusion import cli as diffusion_cli
 from mmrl.errors import ConfigError, MMRLError
 
+
 def cmd_train(args) -> None:
     from mmrl.config import TrainConfig, default_config, load_config
     from mmrl.trainer import train
@@ -79,14 +80,19 @@ def cmd_demo(args) -> None:
 @contextmanager
 def stdout_of_main_process():
     """Under several processes (``mmrl eval ... --model`` run by ``accelerate launch``) every rank scores the
-    gathered outputs, so each would print the same table: only the main process's stdout is kept (stderr stays)."""
+    gathered outputs, so each would print the same table: only the main process's stdout is kept (stderr stays).
+    The process group is closed at the end (a rank leaving with it open can abort in gloo's threads at exit)."""
     from mmrl.evaluate import process_state
 
-    if process_state().is_main_process:
-        yield
-    else:
-        with open(os.devnull, "w") as sink, redirect_stdout(sink):
+    state = process_state()
+    try:
+        if state.is_main_process:
             yield
+        else:
+            with open(os.devnull, "w") as sink, redirect_stdout(sink):
+                yield
+    finally:
+        state.destroy_process_group()
 
 
 def build_parser() -> argparse.ArgumentParser:

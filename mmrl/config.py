@@ -113,6 +113,10 @@ class GRPOConfig:
     """constant, linear or cosine decay after warm-up."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 = off)."""
+    max_consecutive_skips: int = 3
+    """An update whose loss or gradient is NaN or infinite is skipped (the weights and optimizer moments stay, the
+    step counts in ``skipped_steps`` and writes no checkpoint); this many such steps in a row stop the run with an
+    error, the last checkpoint intact (0 = never stop)."""
     beta: float = 0.0
     """KL coefficient to the reference policy (0 skips the reference forward unless the loss needs it)."""
     kl_estimator: str = "k3"

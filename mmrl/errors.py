@@ -11,3 +11,8 @@ class DataError(MMRLError):
 
 class ConfigError(MMRLError):
     """A configuration key or value is invalid; the message names the key and the valid choices."""
+
+
+class NonFiniteError(MMRLError):
+    """Too many training steps in a row had a NaN or infinite loss or gradient (``mmrl.nonfinite``); the message
+    names the steps, the config key and what to look at."""

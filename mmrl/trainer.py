@@ -3,8 +3,9 @@
 ``train(cfg)``: load the task's data, cold-start the policy with SFT (optional), evaluate it ("before"), then
 for each RL step: draw prompts, sample completions (G each, or adaptively), score them with the weighted
 rewards, filter groups (dynamic sampling, overlong filtering), compute advantages, and run ``mu`` epochs of
-policy-loss updates (with a KL penalty to the reference when beta > 0); log, checkpoint; finally evaluate again
-("after") and write ``summary.json``.
+policy-loss updates (with a KL penalty to the reference when beta > 0; an update with a NaN or infinite loss or
+gradient is skipped, ``mmrl.nonfinite``); log, checkpoint; finally evaluate again ("after") and write
+``summary.json``.
 
 Variants come from the registries in ``mmrl.algorithms`` by name (advantage estimator, policy loss, KL
 estimator, token weights, loss aggregation, prompt sampler, rollout strategy; see docs/algorithms.md); the
@@ -14,6 +15,7 @@ launch`` scales it out (each rank takes its share of the prompts, DDP averages t
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -36,6 +38,7 @@ from mmrl.data import load_context, media_cache
 from mmrl.errors import ConfigError
 from mmrl.evaluate import generate_outputs
 from mmrl.models.load import load_policy, model_family, placeholder_ids, resolve_path
+from mmrl.nonfinite import SkipGuard
 from mmrl.optim import make_optimizer
 from mmrl.plugins import TASKS
 from mmrl.reference import frozen_reference, reference_context
@@ -125,10 +128,14 @@ def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig
 
 
 def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimizer, scheduler, accelerator,
-             ref_logps, number_ids: torch.Tensor, progress: float) -> dict:
+             ref_logps, number_ids: torch.Tensor, progress: float, guard: SkipGuard) -> dict:
     """``mu`` epochs over the step's rollouts; one optimizer step per epoch, gradients accumulated over
     micro-batches (aggregation uses batch-wide token/sequence counts, so accumulation is exact). ``progress`` (step
-    over steps) reaches losses with a schedule."""
+    over steps) reaches losses with a schedule.
+
+    An epoch whose micro-batch losses or (pre-clip) gradient norm are not all finite on every rank is skipped
+    (``guard.allow``): its gradients are zeroed, the optimizer does not step; epochs before it stay applied, later
+    ones are tried afresh. The scheduler steps either way, so the LR stays a function of the step number."""
     device = accelerator.device
     old_logps = fixed_logprobs(model, ro, chunks, g.temperature) if g.mu > 1 else None
     loss_mask = ro.mask * ro.weight[:, None].to(ro.mask.dtype)
@@ -137,6 +144,7 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
     positive_len = positive_lengths(ro.mask.sum(-1), ro.advantages, ro.group_ids)
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
     for _ in range(g.mu):
+        losses = []
         for k, chunk in enumerate(chunks):
             sl = chunk.rows
             mask = loss_mask[sl].to(device)
@@ -167,17 +175,21 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
                 accelerator.backward(loss)
             if terms.clipped is not None:
                 totals["clip_frac"] += float((terms.clipped.float() * mask).sum()) / max(n_tokens, 1) / g.mu
-            totals["loss"] += float(loss.detach()) / g.mu
-        if g.max_grad_norm > 0:
-            totals["grad_norm"] += float(accelerator.clip_grad_norm_(model.parameters(), g.max_grad_norm)) / g.mu
-        optimizer.step()
+            losses.append(float(loss.detach()))
+        totals["loss"] += sum(losses) / g.mu
+        norm = accelerator.clip_grad_norm_(model.parameters(), g.max_grad_norm if g.max_grad_norm > 0 else math.inf)
+        totals["grad_norm"] += float(norm) / g.mu
+        if guard.allow([*losses, norm], accelerator):
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return totals
 
 
-def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, seconds: float) -> dict[str, float]:
-    """Reward, length and loss statistics of one step, reduced over processes."""
+def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, seconds: float,
+                 skipped_steps: int) -> dict[str, float]:
+    """Reward, length and loss statistics of one step, reduced over processes, and ``skipped_steps``: the steps so
+    far (this one included) with an update skipped for a non-finite loss or gradient (``mmrl.nonfinite``)."""
     gather = lambda t: accelerator.gather(t.double().to(accelerator.device))  # noqa: E731
     totals, lengths = gather(ro.total), gather(ro.mask.sum(-1))
     metrics = {"reward/mean": totals.mean().item(), "reward/std": totals.std().item() if len(totals) > 1 else 0.0,
@@ -195,7 +207,7 @@ def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, 
                          device=accelerator.device)
     loss, kl, clip, dropped = accelerator.reduce(local, reduction="mean").tolist()
     metrics.update(loss=loss, kl=kl, clip_frac=clip, grad_norm=opt["grad_norm"], lr=lr,
-                   placeholder_tokens_dropped=dropped, step_seconds=seconds)
+                   placeholder_tokens_dropped=dropped, skipped_steps=float(skipped_steps), step_seconds=seconds)
     return metrics
 
 
@@ -264,7 +276,7 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
     rewards = select_rewards(task.reward_functions(data_cfg), cfg.rewards or task.default_rewards(data_cfg),
                              cfg.reward_args)
     media = media_cache(cfg.model, family)
-    resume_from = checkpoint.latest(run.root) if cfg.resume else None
+    resume_from = checkpoint.resume_point(run.root, accelerator) if cfg.resume else None
     run.write_json("config.json", to_dict(cfg))
 
     # 1. Cold start and the "before" evaluation (skipped when resuming: both are on disk).
@@ -281,7 +293,7 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
         before = run_eval(task, model, processor, eval_set, media, cfg, suppress, accelerator, "eval before RL")
         run.write_json("eval_before.json", before)
 
-    # 2. RL setup: reference policy, optimizer, schedule, prompt sampler, resume.
+    # 2. RL setup: reference policy, optimizer, schedule, prompt sampler, guard against non-finite updates, resume.
     world = accelerator.num_processes
     if g.prompts_per_step % world:
         raise ConfigError(f"grpo.prompts_per_step={g.prompts_per_step} must be divisible by {world} processes")
@@ -292,12 +304,14 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
     model, optimizer = accelerator.prepare(model, optimizer)
     checkpoint.register(accelerator, scheduler)  # not prepared: accelerate would step it once per process
     prompts = algo.prompt_sampler(len(train_set), cfg.seed)
+    guard = SkipGuard(g.max_consecutive_skips, "grpo", accelerator.is_main_process)
     advantage_state: dict = {}
     start = 0
     if resume_from is not None:
         state = checkpoint.load(resume_from, accelerator)
         start, advantage_state = state["step"], state["advantage_state"]
         prompts.load_state_dict(state["prompt_sampler"])
+        guard.skipped = state["skipped_steps"]
         run.truncate_metrics(start)
 
     # 3. The RL loop.
@@ -328,17 +342,21 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
         if (g.beta > 0 and g.kl_in == "loss") or algo.needs_reference:
             ref_logps = reference_logprobs(policy, ref_model, ro, chunks, g.temperature)
         opt = optimise(model, ro, chunks, g, algo, optimizer, scheduler, accelerator, ref_logps, number_ids,
-                       step / g.steps)
-        metrics = step_metrics(ro, sampled, opt, accelerator, scheduler.get_last_lr()[0], time.perf_counter() - t0)
+                       step / g.steps, guard)
+        skipped = guard.end_step(step + 1)
+        metrics = step_metrics(ro, sampled, opt, accelerator, scheduler.get_last_lr()[0], time.perf_counter() - t0,
+                               guard.skipped)
         run.log_metrics(step + 1, metrics)
         if cfg.log_rollouts:
             groups = to_groups(ro)
             groups = [x for part in gather_object([groups]) for x in part] if world > 1 else groups
             run.log_rollouts(step + 1, groups, media=cfg.log_media)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == g.steps:
+        guard.stop_if_stuck(step + 1)  # after logging: the faulty steps' metrics and rollouts are on disk
+        # No checkpoint after a skipped step: its trainer state may hold the fault (e.g. a NaN in BNPO's statistics).
+        if not skipped and ((step + 1) % cfg.save_every == 0 or step + 1 == g.steps):
             trainer_state = {"step": step + 1, "advantage_state": advantage_state,
-                             "prompt_sampler": prompts.state_dict()}
+                             "prompt_sampler": prompts.state_dict(), "skipped_steps": guard.skipped}
             checkpoint.save(run.root, step + 1, trainer_state, accelerator, keep=cfg.keep_checkpoints)
         if on_step is not None:
             on_step(step + 1)

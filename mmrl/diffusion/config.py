@@ -128,6 +128,10 @@ class OptimConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 = off)."""
+    max_consecutive_skips: int = 3
+    """An update whose loss or gradient is NaN or infinite is skipped (the weights and optimizer moments stay, the
+    step counts in ``skipped_steps`` and writes no checkpoint); this many such steps in a row stop the run with an
+    error, the last checkpoint intact (0 = never stop)."""
 
 
 @dataclass

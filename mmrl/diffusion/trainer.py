@@ -3,7 +3,8 @@
 ``train(cfg)``: load the prompts and the rewards; build the algorithm named by ``cfg.algorithm`` with its
 ``algorithm_args`` (``mmrl.diffusion.algorithms``); load the pipeline (and a frozen reference denoiser when the
 algorithm needs one under full fine-tuning, ``mmrl.reference``); then for each step: draw prompts, let the algorithm sample, score and update
-(``algorithm.step``), log metrics and rollouts, checkpoint; finally save the trained weights and write
+(``algorithm.step``; an update with a NaN or infinite loss or gradient is skipped, ``mmrl.nonfinite``), log
+metrics and rollouts, checkpoint; finally save the trained weights and write
 ``summary.json``. Every step reseeds its own generator from ``(seed, step)``, so a resumed run draws the same
 prompts and noise as an uninterrupted one.
 
@@ -34,6 +35,7 @@ from mmrl.diffusion.image_rewards import WeightedImageReward
 from mmrl.diffusion.pipeline import load_policy
 from mmrl.diffusion.prompts import draw_prompts, load_prompts
 from mmrl.errors import ConfigError
+from mmrl.nonfinite import SkipGuard
 from mmrl.optim import make_optimizer
 from mmrl.reference import frozen_reference
 from mmrl.store import RunDir, atomic_write_text, claim_run_dir
@@ -143,16 +145,18 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None,
     policy.reference = frozen_reference(policy.denoiser, cfg, algorithm.needs_reference)
     optimizer, scheduler = make_optimizer(policy.denoiser, cfg.optim.lr, cfg.optim.weight_decay, 0,
                                           cfg.optim.steps, "constant")
-    ctx = Context(cfg, policy, reward, optimizer, accelerator)
+    guard = SkipGuard(cfg.optim.max_consecutive_skips, "optim", accelerator.is_main_process)
+    ctx = Context(cfg, policy, reward, optimizer, accelerator, guard)
     checkpoint.register(accelerator, checkpoint.Trainable(policy.denoiser), optimizer, scheduler)
 
     # 2. Resume: weights, optimiser, scheduler, RNG and the algorithm's own state (e.g. DDPO's statistics).
     start = 0
-    resume_from = checkpoint.latest(run.root) if cfg.resume else None
+    resume_from = checkpoint.resume_point(run.root, accelerator) if cfg.resume else None
     if resume_from is not None:
         state = checkpoint.load(resume_from, accelerator)
         start = state["step"]
         algorithm.load_state_dict(state["algorithm"])
+        guard.skipped = state["skipped_steps"]
         run.truncate_metrics(start)
     run.write_json("config.json", to_dict(cfg))
 
@@ -163,15 +167,19 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None,
         began = time.perf_counter()
         mine, generator = step_prompts(prompts, cfg, step, accelerator)
         result = algorithm.step(ctx, mine, generator)
-        scheduler.step()
+        scheduler.step()  # also after a skipped update: the LR stays a function of the step number
+        skipped = guard.end_step(step + 1)
         everyone = gather_result(result, accelerator, images=cfg.log_rollouts)
-        metrics = {**everyone.metrics, "lr": scheduler.get_last_lr()[0], "step_seconds": time.perf_counter() - began}
+        metrics = {**everyone.metrics, "skipped_steps": float(guard.skipped), "lr": scheduler.get_last_lr()[0],
+                   "step_seconds": time.perf_counter() - began}
         run.log_metrics(step + 1, metrics)
         if cfg.log_rollouts:
             write_rollouts(run, step + 1, everyone, cfg.log_images_per_step)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.optim.steps:
-            checkpoint.save(run.root, step + 1, {"step": step + 1, "algorithm": algorithm.state_dict()}, accelerator,
-                            keep=cfg.keep_checkpoints)
+        guard.stop_if_stuck(step + 1)  # after logging: the faulty steps' metrics and rollouts are on disk
+        # No checkpoint after a skipped step: its algorithm state may hold the fault (e.g. DDPO's reward statistics).
+        if not skipped and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.optim.steps):
+            trainer_state = {"step": step + 1, "algorithm": algorithm.state_dict(), "skipped_steps": guard.skipped}
+            checkpoint.save(run.root, step + 1, trainer_state, accelerator, keep=cfg.keep_checkpoints)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}")
         if on_step is not None:
             on_step(step + 1)

@@ -60,5 +60,5 @@ def test_two_process_run_keeps_ranks_identical_and_only_rank_0_writes(tmp_path):
         assert len(list((run / "rollouts" / f"step_{step:06d}").iterdir())) == 4
     for step in ("step-000001", "step-000002"):
         assert sorted(p.name for p in (run / "checkpoints" / step).iterdir()) == [
-            "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl", "random_states_0.pkl",
-            "random_states_1.pkl", "trainer_state.pt"]
+            "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl", "manifest.json",
+            "random_states_0.pkl", "random_states_1.pkl", "trainer_state.pt"]

@@ -89,6 +89,38 @@ def test_resume_after_a_crash_gives_identical_weights(tiny_run, tmp_path, extra)
     assert steps_a == steps_b == [1, 2, 3, 4]
 
 
+def test_resume_past_a_damaged_latest_checkpoint_gives_identical_weights(tiny_run, tmp_path, capsys):
+    """3 steps straight vs. killed after step 3 (checkpoints of steps 2 and 3), one byte of step 3's weights flipped,
+    and resumed: the run says in one line that it skips step 3, goes on from step 2 and ends bit-identical."""
+    common = ["grpo.steps=3", "grpo.lr=1e-3", "eval.before_and_after=false"]  # tiny_run saves every step, keeps 2
+    straight = [o for o in tiny_run if not o.startswith("output_dir")] + [f"output_dir={tmp_path / 'a'}"]
+    crashed = [o for o in tiny_run if not o.startswith("output_dir")] + [f"output_dir={tmp_path / 'b'}"]
+    run(straight + common)
+
+    def crash(step):
+        if step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(crashed + common, on_step=crash)
+    checkpoints = tmp_path / "b" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000002", "step-000003"]
+    weights = checkpoints / "step-000003" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    run(crashed + common + ["resume=true"])
+
+    skipped = [x for x in capsys.readouterr().out.splitlines() if x.startswith("mmrl: skipping checkpoint")]
+    assert skipped == ["mmrl: skipping checkpoint step-000003: model.safetensors: checksum mismatch"]
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(tmp_path / "a" / "sft_model" / "model.safetensors")
+    assert any(not torch.equal(base[k], a[k]) for k in a), "RL changed nothing: the comparison would be vacuous"
+    assert [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
 def test_lora_trains_adapters_with_adapter_disabled_reference(tiny_run, tmp_path):
     summary = run(tiny_run + ["model.lora.enabled=true", "model.lora.r=4", "grpo.beta=0.1", "grpo.lr=1e-2",
                               "model.freeze_vision=true", "model.gradient_checkpointing=true"])

@@ -49,7 +49,7 @@ class AlignProp(DiffusionAlgorithm):
             decoded = policy.decode(traj.final)
             total, parts = ctx.reward(decoded, [batch.prompts[i] for i in rows])
             loss = -total.mean()
-            (loss * len(rows) / n).backward()
+            ctx.backward(loss, len(rows) / n)
             records.append({"loss": loss.item(), "grad_steps": float(k)})
             images.append(decoded.detach())
             totals.append(total.detach())

@@ -57,7 +57,7 @@ class AWM(DiffusionAlgorithm):
                     with torch.no_grad(), ctx.policy.reference_model() as ref:
                         base = ctx.policy.denoiser_fn(batch.cond[rows], net=ref)(x_t, t)
                 loss = awm_loss(prediction, target, advantages[rows].to(x0.device), base, self.args.reg_weight)
-                (loss * len(rows) / (n * k)).backward()
+                ctx.backward(loss, len(rows) / (n * k))
                 records.append({"loss": loss.item()})
         metrics = {**mean_records(records), "grad_norm": ctx.optimizer_step()}
         return StepResult(batch, advantages, {**reward_metrics(batch), **metrics})

@@ -11,6 +11,7 @@ from mmrl.diffusion.config import DiffusionConfig
 from mmrl.diffusion.losses import group_advantages
 from mmrl.diffusion.policy import Conditioning, DiffusionPolicy
 from mmrl.diffusion.samplers import Trajectory, rollout
+from mmrl.nonfinite import SkipGuard
 
 
 class DiffusionAlgorithm:
@@ -32,14 +33,19 @@ class DiffusionAlgorithm:
 
 @dataclass
 class Context:
-    """Everything an algorithm's step needs: config, policy, reward, optimiser (owned by the trainer) and the
-    accelerator, whose ranks ``optimizer_step`` averages the gradients over."""
+    """Everything an algorithm's step needs: config, policy, reward, optimiser (owned by the trainer), the
+    accelerator, whose ranks ``optimizer_step`` averages the gradients over, and the trainer's guard against
+    non-finite updates."""
 
     cfg: DiffusionConfig
     policy: DiffusionPolicy
     reward: object
     optimizer: torch.optim.Optimizer
     accelerator: object
+    guard: SkipGuard = field(default_factory=SkipGuard)
+    """Decides whether ``optimizer_step`` applies an update; the trainer's counts the steps with a skipped one."""
+    losses: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    """The losses ``backward`` accumulated since the last ``optimizer_step``."""
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -50,13 +56,23 @@ class Context:
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         return list(order.split(self.cfg.optim.micro_batch_size))
 
+    def backward(self, loss: torch.Tensor, weight: float) -> None:
+        """Accumulate the gradient of ``weight * loss`` for the next ``optimizer_step``, which skips its update if
+        ``loss`` is not finite (a NaN term need not reach the gradient)."""
+        self.losses.append(loss.detach())
+        (loss * weight).backward()
+
     def optimizer_step(self) -> float:
         """Average the gradients over the ranks (``average_gradients``), clip the gradient norm (when configured),
-        step, zero; returns the pre-clip gradient norm (the same on every rank)."""
+        step, zero; returns the pre-clip gradient norm (the same on every rank). The step is skipped, the weights
+        and optimiser moments left as they are, when the norm or a loss since the last step is NaN or infinite on
+        any rank (``SkipGuard.allow``)."""
         average_gradients(self.params, self.accelerator)
         max_norm = self.cfg.optim.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else float("inf"))
-        self.optimizer.step()
+        if self.guard.allow([*self.losses, norm], self.accelerator):
+            self.optimizer.step()
+        self.losses.clear()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 

@@ -60,7 +60,7 @@ def ppo_update(ctx: Context, batch: Batch, advantages: torch.Tensor, generator: 
                     kl = gaussian_mean_kl(step.mean, ref_step.mean, step.std).mean()
                     loss = loss + beta * kl
                     stats["kl"] = kl.item()
-                (loss * len(rows) / (n * k)).backward()
+                ctx.backward(loss, len(rows) / (n * k))
                 records.append({"loss": loss.item(), **stats})
         grad_norms.append(ctx.optimizer_step())
     return {**mean_records(records), "grad_norm": sum(grad_norms) / len(grad_norms)}

@@ -60,11 +60,9 @@ STATEFUL = ["grpo.prompt_sampler=vas", "grpo.dynamic_sampling=refill", "grpo.adv
             "grpo.advantage_args={momentum: 0.5}"]
 
 
-@pytest.mark.parametrize("extra", [[], STATEFUL], ids=["grpo", "stateful-sampler-and-advantage"])
-def test_resume_after_a_crash_gives_identical_weights(tiny_run, tmp_path, extra):
-    """N = 4 steps straight vs. killed after step 3 (last checkpoint: step 2) and resumed: bit-identical. The
-    second case also restores the Variance-Aware Sampling scores, the refill data position and BNPO's state."""
-    common = ["grpo.steps=4", "save_every=2", "grpo.mu=2", "grpo.beta=0.04", "grpo.lr=1e-3"] + extra
+def straight_then_crashed(tiny_run, tmp_path, common: list[str]) -> list[str]:
+    """Run ``common`` to its end in ``tmp_path/a``, and in ``tmp_path/b`` until step 3 is done (then an exception,
+    as if killed); returns the crashed run's overrides, to resume it."""
     straight = [o for o in tiny_run if not o.startswith("output_dir")] + [f"output_dir={tmp_path / 'a'}"]
     crashed = [o for o in tiny_run if not o.startswith("output_dir")] + [f"output_dir={tmp_path / 'b'}"]
     run(straight + common)
@@ -76,14 +74,27 @@ def test_resume_after_a_crash_gives_identical_weights(tiny_run, tmp_path, extra)
     with pytest.raises(Stop):
         run(crashed + common, on_step=crash)
     assert not (tmp_path / "b" / "final").exists()
-    run(crashed + common + ["resume=true"])
+    return crashed + common
 
+
+def assert_same_trained_weights(tmp_path) -> None:
+    """Runs ``a`` and ``b`` ended with bit-identical weights, which RL changed (else the check would be vacuous)."""
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
     base = load_file(tmp_path / "a" / "sft_model" / "model.safetensors")
     assert any(not torch.equal(base[n], a[n]) for n in a), "RL changed nothing: the comparison would be vacuous"
+
+
+@pytest.mark.parametrize("extra", [[], STATEFUL], ids=["grpo", "stateful-sampler-and-advantage"])
+def test_resume_after_a_crash_gives_identical_weights(tiny_run, tmp_path, extra):
+    """N = 4 steps straight vs. killed after step 3 (last checkpoint: step 2) and resumed: bit-identical. The
+    second case also restores the Variance-Aware Sampling scores, the refill data position and BNPO's state."""
+    crashed = straight_then_crashed(tiny_run, tmp_path, ["grpo.steps=4", "save_every=2", "grpo.mu=2",
+                                                         "grpo.beta=0.04", "grpo.lr=1e-3", *extra])
+    run(crashed + ["resume=true"])
+    assert_same_trained_weights(tmp_path)
     steps_a = [json.loads(x)["step"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     steps_b = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps_a == steps_b == [1, 2, 3, 4]
@@ -92,17 +103,9 @@ def test_resume_after_a_crash_gives_identical_weights(tiny_run, tmp_path, extra)
 def test_resume_past_a_damaged_latest_checkpoint_gives_identical_weights(tiny_run, tmp_path, capsys):
     """3 steps straight vs. killed after step 3 (checkpoints of steps 2 and 3), one byte of step 3's weights flipped,
     and resumed: the run says in one line that it skips step 3, goes on from step 2 and ends bit-identical."""
-    common = ["grpo.steps=3", "grpo.lr=1e-3", "eval.before_and_after=false"]  # tiny_run saves every step, keeps 2
-    straight = [o for o in tiny_run if not o.startswith("output_dir")] + [f"output_dir={tmp_path / 'a'}"]
-    crashed = [o for o in tiny_run if not o.startswith("output_dir")] + [f"output_dir={tmp_path / 'b'}"]
-    run(straight + common)
-
-    def crash(step):
-        if step == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run(crashed + common, on_step=crash)
+    # tiny_run saves every step and keeps 2
+    crashed = straight_then_crashed(tiny_run, tmp_path, ["grpo.steps=3", "grpo.lr=1e-3",
+                                                         "eval.before_and_after=false"])
     checkpoints = tmp_path / "b" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000002", "step-000003"]
     weights = checkpoints / "step-000003" / "model.safetensors"
@@ -110,14 +113,11 @@ def test_resume_past_a_damaged_latest_checkpoint_gives_identical_weights(tiny_ru
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     capsys.readouterr()
-    run(crashed + common + ["resume=true"])
+    run(crashed + ["resume=true"])
 
     skipped = [x for x in capsys.readouterr().out.splitlines() if x.startswith("mmrl: skipping checkpoint")]
     assert skipped == ["mmrl: skipping checkpoint step-000003: model.safetensors: checksum mismatch"]
-    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    base = load_file(tmp_path / "a" / "sft_model" / "model.safetensors")
-    assert any(not torch.equal(base[k], a[k]) for k in a), "RL changed nothing: the comparison would be vacuous"
+    assert_same_trained_weights(tmp_path)
     assert [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 

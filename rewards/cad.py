@@ -262,9 +262,13 @@ def _finite(measurement: dict | None, key: str) -> float | None:
     if not isinstance(measurement, dict):
         return None
     value = measurement.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float (JSON allows any number of digits)
+        return None
+    return value if math.isfinite(value) else None
 
 
 def executability(measurement: dict | None) -> float:

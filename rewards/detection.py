@@ -79,10 +79,14 @@ COST_CAP = 1e12
 """Matching costs are clipped to ``±COST_CAP`` (NaN to ``+COST_CAP``): the assignment solver needs finite numbers,
 and a box with huge coordinates must still be matchable, as the worst choice."""
 
+MAX_FAILED_OBJECTS = 32
+"""Objects that fail to decode before the JSON search of a text gives up (``_json_value``): a model's answer is not
+preceded by that many broken objects, and each failed attempt can cost a scan of the whole text."""
+
 _FENCE_RE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
 _DECODER = json.JSONDecoder()
 _FENCE_MARK_RE = re.compile(r"```[A-Za-z0-9_-]*")
-_START_RE = re.compile(r"\[(?=\s*[{\]])|\{")
+_START_RE = re.compile(r"\[(?=\s*[{\]])|\{(?=\s*[\"}])")
 
 
 @dataclass(frozen=True)
@@ -101,18 +105,24 @@ def _json_value(region: str) -> tuple[Any, bool]:
     first code fence if there is one and it holds one, else anywhere in ``region``), or ``None``; ``alone`` says
     whether it is all its container holds (the fence's content, else the region), whitespace aside.
 
-    Decoding starts only where such a value can start (``[{``, ``[]`` or ``{``, spaces allowed), so a bracketed
-    number (``step [1]``) is passed over and bracket-heavy garbage costs linear time. A list that starts but does
+    Decoding starts only where such a value can start (``[{``, ``[]``, ``{"`` or ``{}``, spaces allowed), so a
+    bracketed number (``step [1]``) or a LaTeX group (``\\frac{a}{b}``) is passed over. A list that starts but does
     not decode (a completion cut off by the token limit) ends the search: its first objects are not an answer, or
-    truncation would pay."""
+    truncation would pay. So does the ``MAX_FAILED_OBJECTS``-th object that does not decode: each failed attempt may
+    scan the rest of the text (deep nesting, ``{"a":{"a":...``), and without the cap 200 KB of such garbage took
+    seconds; with it the search costs at most that many scans."""
     fenced = _FENCE_RE.search(region)
     for text in (fenced.group(1), region) if fenced else (region,):  # a fence without JSON: the whole region
+        failed = 0
         for match in _START_RE.finditer(text):
             try:
                 value, end = _DECODER.raw_decode(text, match.start())
             except (ValueError, RecursionError):
                 if text[match.start()] == "[":
                     break  # a list that does not decode (cut off by the token limit): no object inside it counts
+                failed += 1
+                if failed >= MAX_FAILED_OBJECTS:
+                    break
                 continue
             if isinstance(value, (list, dict)):
                 return value, not _FENCE_MARK_RE.sub("", text[: match.start()] + text[end:]).strip()

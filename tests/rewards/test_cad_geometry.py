@@ -132,7 +132,10 @@ def test_rewards_on_a_measurement():
     assert chamfer_score(None) == 0.0
 
 
-@pytest.mark.parametrize("bad", ["0.5", None, True, math.nan, math.inf, [0.5], {"x": 1}])
+# 10**400: JSON allows any number of digits, and the int overflowed float() (OverflowError; found by fuzzing,
+# tests/test_fuzz_rewards.py)
+@pytest.mark.parametrize("bad", ["0.5", None, True, math.nan, math.inf, [0.5], {"x": 1},
+                                 pytest.param(10**400, id="int-1e400"), pytest.param(-10**400, id="int--1e400")])
 def test_rewards_treat_untrusted_values_as_missing(bad):
     assert iou_score({"iou": bad}) == 0.0 and chamfer_score({"chamfer": bad}) == 0.0
 

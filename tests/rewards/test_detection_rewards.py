@@ -8,11 +8,13 @@ Hand-value conventions used throughout:
 """
 import json
 import math
+import time
 
 import pytest
 
 from rewards.detection import (
     COORD_LIMIT,
+    MAX_FAILED_OBJECTS,
     STAGES,
     SWITCH_STEP,
     Detection,
@@ -645,6 +647,24 @@ def test_rewards_never_raise_nor_return_non_finite_on_garbage():
     for text in GARBAGE:
         found, ok = parse_detections(text)
         assert found == [] and ok is False
+
+
+@pytest.mark.parametrize("piece", ['{"a":', "\\frac{a}{b}"])
+def test_brace_heavy_200_kb_text_parses_fast(piece):
+    """Found by fuzzing (tests/test_fuzz_rewards.py): 200 KB of nested objects or of LaTeX groups took 1-2 s in
+    parse_detections, one failed decode per brace; braces that start no object are now passed over and the search
+    gives up after MAX_FAILED_OBJECTS objects that do not decode."""
+    text = piece * (200_000 // len(piece))
+    started = time.perf_counter()
+    assert parse_detections(text) == ([], False)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_json_search_gives_up_after_max_failed_objects():
+    answer = dets((GT, "a"))
+    assert parse_detections("\\frac{a}{b} " * 100 + answer)[0] != []  # LaTeX groups are not objects
+    assert parse_detections('{"a" ' * (MAX_FAILED_OBJECTS - 1) + answer)[0] != []
+    assert parse_detections('{"a" ' * MAX_FAILED_OBJECTS + answer)[0] == []
 
 
 def test_conversational_completions():

@@ -86,6 +86,21 @@ class RecordingTracker(GeneralTracker):
 
 
 @pytest.fixture
+def hf_sampling(monkeypatch):
+    """Make the shared-prefix path sample through HF ``generate`` on the repeated prompts, as the full-sequence path
+    does: from one seed both then draw the same tokens (``shared_generate`` draws by inverse CDF, other tokens), so a
+    test comparing the two paths' first step compares only their log-prob passes."""
+    from mmrl.rollout import groups
+    from mmrl.rollout.hf import generate
+    from mmrl.rollout.shared import expand_batch
+
+    def repeated_generate(model, processor, batch, group_size, **kwargs):
+        return generate(model, processor, expand_batch(batch, group_size), do_sample=True, **kwargs)
+
+    monkeypatch.setattr(groups, "shared_generate", repeated_generate)
+
+
+@pytest.fixture
 def recording_tracker():
     """A fresh ``RecordingTracker``, for ``train(cfg, trackers=[...])``."""
     return RecordingTracker()

@@ -89,16 +89,9 @@ def test_select_then_train_with_the_curriculum(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["kv-cache", "checkpointing-packed"])
-def test_shared_prefix_and_full_sequences_give_the_same_first_step(tiny_run, checkpointing, monkeypatch):
-    """Step 1 starts from the same weights and rollouts, so its loss and gradient norm must agree (fp32); under
-    gradient checkpointing the shared prefix runs as packed groups. The shared run samples through HF ``generate``
-    too (its own decoding draws other tokens from the same seed), so only the log-prob passes differ."""
-    from mmrl.rollout import groups
-    from mmrl.rollout.hf import generate
-    from mmrl.rollout.shared import expand_batch
-
-    monkeypatch.setattr(groups, "shared_generate", lambda model, processor, batch, group_size, **kw: generate(
-        model, processor, expand_batch(batch, group_size), do_sample=True, **kw))
+def test_shared_prefix_and_full_sequences_give_the_same_first_step(tiny_run, checkpointing, hf_sampling):
+    """Step 1 starts from the same weights and rollouts (``hf_sampling``), so its loss and gradient norm must agree
+    (fp32); under gradient checkpointing the shared prefix runs as packed groups."""
     both = [f"model.gradient_checkpointing={str(checkpointing).lower()}", "grpo.mu=2"]
     shared = run([o.replace("/run", "/shared") for o in tiny_run], "grpo.shared_prefix=shared", *both)
     full = run([o.replace("/run", "/full") for o in tiny_run], "grpo.shared_prefix=full", *both)

@@ -69,9 +69,10 @@ def test_select_keeps_informative_items_then_eval_charades(video_run, tiny_cache
     assert {"r1@0.3", "r1@0.5", "r1@0.7", "miou"} <= set(result) and 0 <= result["miou"] <= 1
 
 
-def test_ground_truth_slot_first_step_is_the_same_with_shared_and_full_prompts(video_run, tmp_path):
+def test_ground_truth_slot_first_step_is_the_same_with_shared_and_full_prompts(video_run, tmp_path, hf_sampling):
     # The shared path keeps generation's prompt encodings (one per group, widened to the answer slot); the full
-    # path encodes every row again. Step 1 has the same weights and rollouts, so loss and gradient must agree.
+    # path encodes every row again. Step 1 has the same weights and rollouts (``hf_sampling``), so loss and gradient
+    # must agree.
     def first_step(mode: str) -> dict:
         overrides = [o.replace("/run", f"/{mode}") for o in video_run]
         train(load_config(TrainConfig, None, overrides + ["grpo.ground_truth_slot=true", "grpo.mu=2",

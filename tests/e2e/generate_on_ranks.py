@@ -6,24 +6,22 @@ import json
 import sys
 from pathlib import Path
 
-from accelerate import PartialState
-
 from mmrl.config import TrainConfig, load_config
 from mmrl.data import load_context, media_cache
-from mmrl.evaluate import generate_outputs
+from mmrl.evaluate import generate_outputs, process_state
 from mmrl.models.load import load_policy, placeholder_ids
 from mmrl.task import opened
 
 
 def main(out: str, overrides: list[str]) -> list[str]:
     cfg = load_config(TrainConfig, None, overrides)
-    with opened("gui_grounding", cfg.data) as (task, data_cfg):
-        samples = task.load("eval", data_cfg, load_context(cfg.model, "qwen2_5_vl"))
+    state = process_state()
+    with state.main_process_first(), opened("gui_grounding", cfg.data) as (task, data_cfg):  # as the trainer: the
+        samples = task.load("eval", data_cfg, load_context(cfg.model, "qwen2_5_vl"))  # main rank writes the data
     model, processor, _ = load_policy(cfg.model)
     outputs = generate_outputs(model, processor, samples, media_cache(cfg.model, "qwen2_5_vl"), batch_size=1,
                                max_new_tokens=cfg.eval.max_new_tokens,
                                suppress_ids=placeholder_ids(processor.tokenizer), progress=False)
-    state = PartialState()
     if state.is_main_process:
         Path(out).write_text(json.dumps({"processes": state.num_processes, "outputs": outputs}))
     return outputs
@@ -31,4 +29,4 @@ def main(out: str, overrides: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])
-    PartialState().destroy_process_group()  # under accelerate launch: leaving the group open can abort at exit
+    process_state().destroy_process_group()  # under accelerate launch: leaving the group open can abort at exit

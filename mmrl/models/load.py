@@ -9,6 +9,7 @@ import torch
 from mmrl.config import ModelConfig
 from mmrl.errors import ConfigError
 from mmrl.models.families import family_name, model_type_of, unwrap
+from mmrl.models.kernels import use_fast_kernels
 from mmrl.models.tiny import VISION_PLACEHOLDERS, make_tiny
 from mmrl.store import build_once
 
@@ -103,6 +104,7 @@ def load_policy(cfg: ModelConfig):
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    use_fast_kernels(model)
     processor = load_processor(path, cfg)
     if cfg.freeze_vision and (visual := vision_tower(model)) is not None:
         visual.requires_grad_(False)

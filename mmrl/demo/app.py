@@ -6,8 +6,11 @@ the sample table (sorted failures first, best first or as logged) and the panel 
 stand side by side; below, the training curves from ``metrics.jsonl``. A timer re-reads the run every
 ``refresh_seconds``, so a run still training shows its new steps and curves without a restart.
 
-Security: the server binds 127.0.0.1 unless told otherwise, and the only files it serves from disk are inside
-RUN_DIR (``allowed_paths``); pictures are drawn from files that ``RunView.file`` resolved inside the run.
+Security: the server binds 127.0.0.1 unless told otherwise. It serves no file of the run directory itself: the
+pictures are drawn here from files that ``RunView.file`` resolved inside the run, and Gradio serves the PNGs it
+saved of them from its own cache folder (``launch``). Text from the run is shown as text (``mmrl.demo.text``):
+prompts and completions in text boxes, cut at ``DISPLAY_CHARS`` with a marker; names and messages in the Markdown
+panels escaped.
 """
 import os
 from dataclasses import dataclass
@@ -17,8 +20,9 @@ import gradio as gr
 
 from mmrl.demo import tables
 from mmrl.demo.render import RenderError, renderer_for
-from mmrl.plugins import RENDERERS
 from mmrl.demo.runs import RunView, Sample, StepRollouts
+from mmrl.demo.text import for_display, markdown_literal, visible
+from mmrl.plugins import RENDERERS
 
 NO_STEP = "none"
 
@@ -39,7 +43,8 @@ class Panel:
 
 
 def _problems(messages: list[str]) -> str:
-    return "\n".join(f"⚠️ {m}" for m in messages)
+    """The messages as Markdown, one line each, escaped: they quote paths and names from the run's files."""
+    return "\n\n".join(f"⚠️ {markdown_literal(m)}" for m in messages)
 
 
 class Viewer:
@@ -59,10 +64,11 @@ class Viewer:
     def run_info(self) -> str:
         steps = self.view.steps()
         latest = f", latest step {steps[-1]}" if steps else ""
-        return f"**{self.view.root}** · task `{self.view.kind()}` · {len(steps)} steps with rollouts{latest}"
+        root, kind = markdown_literal(str(self.view.root)), markdown_literal(self.view.kind())
+        return f"**{root}** · task *{kind}* · {len(steps)} steps with rollouts{latest}"
 
     def sample_view(self, rollouts: StepRollouts, sample: Sample | None):
-        """(picture, prompt, completion, reward table, notes) of one sample."""
+        """(picture, prompt, completion, reward table, notes) of one sample; prompt and completion ``for_display``."""
         if sample is None:
             return None, "", "", None, _problems(rollouts.problems) or "No samples in this step."
         group = rollouts.groups[sample.group]
@@ -73,8 +79,10 @@ class Viewer:
         except RenderError as exc:
             picture, notes = None, notes + [f"cannot draw this sample: {exc}"]
         answer = group.get("answer")
-        prompt = str(group.get("prompt", "")) + (f"\n\n[ground truth] {answer}" if answer else "")
-        completion = sample.completion if sample.completion is not None else f"(image #{sample.index})"
+        source = f"rollouts/step_{rollouts.step:06d}.jsonl"
+        prompt = for_display(str(group.get("prompt", "")) + (f"\n\n[ground truth] {answer}" if answer else ""), source)
+        completion = (for_display(sample.completion, source) if sample.completion is not None
+                      else f"(image #{sample.index})")
         legend = RENDERERS.capability(renderer, "legend") if picture is not None else ""
         return picture, prompt, completion, tables.reward_frame(sample), "\n\n".join(
             part for part in (_problems(notes), legend) if part)
@@ -109,7 +117,7 @@ def _panel(name: str):
             step = gr.Dropdown(label=f"Step {name}", elem_id=f"step-{suffix}", choices=[], scale=1)
             group = gr.Dropdown(label="Group", elem_id=f"group-{suffix}", choices=[tables.ALL_GROUPS],
                                 value=tables.ALL_GROUPS, scale=2)
-        notes = gr.Markdown(elem_id=f"notes-{suffix}")
+        notes = gr.Markdown(elem_id=f"notes-{suffix}", latex_delimiters=[])
         table = gr.Dataframe(label="Samples (click a row)", elem_id=f"samples-{suffix}", interactive=False,
                              max_height=320, wrap=True)
         keys = gr.State([])
@@ -174,9 +182,9 @@ def build_app(run_dir: str | Path, refresh_seconds: float = 5.0):
             return (gr.skip(),) * (4 + len(tables.PLOTS))
         return run_state(step_a, step_b)
 
-    with gr.Blocks(title=f"mmrl demo · {viewer.view.root.name}") as app:
+    with gr.Blocks(title=f"mmrl demo · {visible(viewer.view.root.name)}") as app:
         signature = gr.State(None)
-        info = gr.Markdown(elem_id="run-info")
+        info = gr.Markdown(elem_id="run-info", latex_delimiters=[])
         order = gr.Radio(list(tables.ORDERS), value=tables.ORDERS[0], label="Sort samples", elem_id="order")
         summary_table = gr.Dataframe(label="Steps side by side", elem_id="summary", interactive=False)
         with gr.Row(equal_height=False):
@@ -203,10 +211,15 @@ def build_app(run_dir: str | Path, refresh_seconds: float = 5.0):
 
 def launch(run_dir: str | Path, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True,
            refresh_seconds: float = 5.0):
-    """Serve the app on ``host:port`` (127.0.0.1 by default: only this machine can connect). Files are served
-    only from inside ``run_dir``. Returns the app (``block=False`` returns at once; call ``app.close()``)."""
+    """Serve the app on ``host:port`` (127.0.0.1 by default: only this machine can connect). Returns the app
+    (``block=False`` returns at once; call ``app.close()``).
+
+    The server reads no file of the run directory on request: no ``allowed_paths``, because a run's ``media/`` holds
+    copies of whatever files its data set named, and Gradio would serve an ``.html`` one there as a page of this
+    site. What it serves from disk is its own front end and the PNGs it saved of the pictures drawn here, in its
+    cache folder (``GRADIO_TEMP_DIR``, by default ``/tmp/gradio``); the examples cache, which this page never uses,
+    is blocked, uploads are refused (``max_file_size=0``: the page takes none) and the traffic monitor is off."""
     app = build_app(run_dir, refresh_seconds)
-    root = str(Path(run_dir).resolve())
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=[root],
-               quiet=not block, footer_links=[])
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block, footer_links=[],
+               blocked_paths=[str(gr.utils.get_cache_folder().resolve())], max_file_size=0, enable_monitoring=False)
     return app

@@ -17,6 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from mmrl.demo.text import visible
+
 STEP_FILE = re.compile(r"^step_(\d+)\.jsonl$")
 
 
@@ -76,7 +78,7 @@ def _number(value: Any) -> float | None:
 
 def group_samples(g: int, group: dict) -> list[Sample]:
     """The samples of group ``g``: one per completion (VLM records) or per image (diffusion records). Missing or
-    malformed per-sample fields become ``None`` rather than errors."""
+    malformed per-sample fields become ``None`` rather than errors; reward names, shown as labels, are ``visible``."""
     completions = group.get("completions")
     diffusion = group.get("kind") == "diffusion"
     count = len(group.get("images") or []) if diffusion else len(completions or [])
@@ -86,7 +88,7 @@ def group_samples(g: int, group: dict) -> list[Sample]:
             group=g, index=i,
             total=_number(_item(group.get("total"), i)),
             advantage=_number(_item(group.get("advantages"), i)),
-            rewards={name: _number(_item(values, i)) for name, values in rewards.items()},
+            rewards={visible(name): _number(_item(values, i)) for name, values in rewards.items()},
             completion=None if diffusion else str(_item(completions, i)),
             length=_item(group.get("lengths"), i),
             truncated=_item(group.get("truncated"), i),

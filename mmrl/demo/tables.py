@@ -6,10 +6,14 @@ import math
 import pandas as pd
 
 from mmrl.demo.runs import Sample, StepRollouts
+from mmrl.demo.text import visible
 
 ORDERS = ("failures first", "best first", "as logged")
 ALL_GROUPS = "all groups"
 PREVIEW_CHARS = 80
+HEADER_CHARS = 24
+"""A reward name longer than this is cut in the sample table's header (the reward table shows it whole): a long
+name would otherwise make a header taller than the table's window."""
 
 PLOTS = {
     "reward": ("Reward mean and std", lambda key: key in ("reward/mean", "reward/std")),
@@ -37,7 +41,7 @@ def _finite(value) -> bool:
 
 def group_label(g: int, group: dict) -> str:
     text = " ".join(str(group.get("prompt", "")).split())
-    return f"{g}: {text[:60]}"
+    return f"{g}: {visible(text[:60])}"
 
 
 def group_choices(rollouts: StepRollouts) -> list[str]:
@@ -59,7 +63,7 @@ def _fmt(value: float | None) -> float | str:
 
 def sample_frame(rollouts: StepRollouts, samples: list[Sample]) -> pd.DataFrame:
     """One row per sample: group, sample, total, advantage, each reward component, length, truncation, and the
-    start of the completion (VLM) or the group's prompt (diffusion)."""
+    start of the completion (VLM) or the group's prompt (diffusion), ``visible``; headers cut at ``HEADER_CHARS``."""
     components = sorted({name for s in samples for name in s.rewards})
     rows = []
     for s in samples:
@@ -70,10 +74,17 @@ def sample_frame(rollouts: StepRollouts, samples: list[Sample]) -> pd.DataFrame:
             **{name: _fmt(s.rewards.get(name)) for name in components},
             "length": "-" if s.length is None else s.length,
             "truncated": "-" if s.truncated is None else ("yes" if s.truncated else "no"),
-            "text": text[:PREVIEW_CHARS] + ("…" if len(text) > PREVIEW_CHARS else ""),
+            "text": visible(_cut(text, PREVIEW_CHARS)),
         })
     columns = ["group", "sample", "total", "advantage", *components, "length", "truncated", "text"]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    frame.columns = [_cut(name, HEADER_CHARS) for name in columns]
+    return frame
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` up to ``limit`` characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def reward_frame(sample: Sample) -> pd.DataFrame:
@@ -125,7 +136,7 @@ def thin(rows: list[dict], limit: int = MAX_POINTS) -> list[dict]:
 
 def plot_frame(rows: list[dict], keep) -> pd.DataFrame:
     """Long-form ``step, value, series`` rows of the metric keys ``keep(key)`` accepts (finite numbers only), over
-    the ``thin``-ned rows."""
-    out = [(row["step"], float(v), key) for row in thin(rows) for key, v in row.items()
+    the ``thin``-ned rows; series names are ``visible``."""
+    out = [(row["step"], float(v), visible(key)) for row in thin(rows) for key, v in row.items()
            if key != "step" and keep(key) and _finite(v)]
     return pd.DataFrame(out, columns=["step", "value", "series"])

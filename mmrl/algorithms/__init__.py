@@ -18,7 +18,8 @@ from mmrl.plugins import (
 __all__ = ["ADVANTAGES", "AGGREGATIONS", "KL_ESTIMATORS", "POLICY_LOSSES", "PROMPT_SAMPLERS", "ROLLOUTS",
            "TOKEN_WEIGHTS", "Algorithm", "build_algorithm"]
 
-CHOICES = {"kl_in": ("loss", "reward"), "reward_combine": advantages.COMBINE_MODES,
+CHOICES = {"kl_in": ("loss", "reward"), "kl_importance_ratio": kl.IMPORTANCE_LEVELS,
+           "reward_combine": advantages.COMBINE_MODES,
            "dynamic_sampling": ("off", "drop", "refill"), "shared_prefix": ("auto", "shared", "full")}
 
 
@@ -58,6 +59,15 @@ def build_algorithm(g: GRPOConfig) -> Algorithm:
     if g.rollout == "reinforce_ada" and g.kl_in == "reward" and g.beta > 0:
         raise ConfigError("grpo.rollout=reinforce_ada cannot be combined with grpo.kl_in=reward: the KL would be "
                           "needed for completions that never enter the loss; use kl_in: loss")
+    if (g.advantage == "remax") != (g.rollout == "remax"):
+        raise ConfigError("grpo.advantage=remax and grpo.rollout=remax go together: the rollout adds the greedy "
+                          "completion whose reward is the estimator's baseline")
+    if g.rollout == "remax" and g.kl_in == "reward" and g.beta > 0:
+        raise ConfigError("grpo.rollout=remax cannot be combined with grpo.kl_in=reward: the KL would be needed for "
+                          "the greedy completions, which never enter the loss; use kl_in: loss")
+    level = g.loss_args.get("level", "token")
+    if level not in losses.LEVELS:
+        raise ConfigError(f"config key 'grpo.loss_args.level': {level!r} is not one of {', '.join(losses.LEVELS)}")
     whole = [n for n in g.token_weights if TOKEN_WEIGHTS.capability(n, "needs_whole_groups")]
     if whole and g.micro_batch_size % g.group_size:
         raise ConfigError(f"grpo.token_weights.{whole[0]} compares the completions of a group, so "

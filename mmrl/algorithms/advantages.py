@@ -7,12 +7,18 @@ estimator may keep across steps (BNPO's running Beta parameters); the trainer st
 resumed run continues with the same state. Every estimator goes through ``group_stats``, which rejects NaN
 rewards and groups of one completion with a clear error.
 
+An estimator may also take the step's context as named positional parameters (never hyperparameters):
+``lengths`` ([N] completion token counts, OPO), ``components`` (reward component name -> ``(weight,
+[N] values)``, GDPO) and ``keep`` ([N] bool, False on rows that are scored but not trained on: ReMax's greedy
+baselines); ``compute_advantages`` passes what it declares.
+
 ``compute_advantages`` combines several reward components: ``sum`` (weighted sum, then the estimator) or
 ``per_component`` (the estimator on each component, then the weighted sum of the advantages — BNPO's advantage
 decomposition, and the "normalise each then sum" of multi-reward GRPO).
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -56,18 +62,34 @@ def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.T
     return tuple(x[inverse].to(rewards.dtype) for x in (mean, std, count))
 
 
+def _context(estimator, components: dict[str, tuple[float, torch.Tensor]], **given: torch.Tensor | None) -> dict:
+    """The context parameters (``components``, ``lengths``, ``keep``) that ``estimator`` declares."""
+    wanted = inspect.signature(estimator).parameters
+    context = {"components": components, **given}
+    missing = [k for k in wanted if k in context and context[k] is None]
+    if missing:
+        raise ValueError(f"this advantage estimator needs the step's {missing[0]!r}")
+    return {k: v for k, v in context.items() if k in wanted}
+
+
 def compute_advantages(components: dict[str, torch.Tensor], weights: dict[str, float], group_ids: torch.Tensor,
-                       estimator, combine: str, state: dict) -> torch.Tensor:
-    """Advantages of completions scored by several weighted reward components.
+                       estimator, combine: str, state: dict, lengths: torch.Tensor | None = None,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Advantages of completions scored by several weighted reward components (``lengths``, ``keep``: context for
+    the estimators that read it).
 
     ``sum``: ``A = est(sum_k w_k r_k)``. ``per_component``: ``A = sum_k w_k est(r_k)``, each component with its
     own estimator state (BNPO eq. for multi-component rewards; GDPO-style decoupled normalisation).
     """
     if combine == "sum":
         total = sum(weights[k] * components[k] for k in components)
-        adv = estimator(total, group_ids, state.setdefault("sum", {}))
+        context = _context(estimator, {k: (weights[k], components[k]) for k in components}, lengths=lengths, keep=keep)
+        adv = estimator(total, group_ids, state.setdefault("sum", {}), **context)
     elif combine == "per_component":
-        adv = sum(weights[k] * estimator(components[k], group_ids, state.setdefault(k, {})) for k in components)
+        adv = sum(weights[k] * estimator(components[k], group_ids, state.setdefault(k, {}),
+                                         **_context(estimator, {k: (1.0, components[k])}, lengths=lengths,
+                                                    keep=keep))
+                  for k in components)
     else:
         raise ConfigError(f"config key 'grpo.reward_combine': {combine!r} is not one of {', '.join(COMBINE_MODES)}")
     if not torch.isfinite(adv).all():
@@ -194,3 +216,63 @@ def tempsamp(rewards: torch.Tensor, group_ids: torch.Tensor, state: dict, *, tau
     """TempSamp-R1 (2025): GRPO advantages of ``tempsamp_transform(r)``, which flattens the reward differences
     between already-good answers (IoU above tau) and widens those below, for rewards in [0, 1] such as IoU."""
     return grpo(tempsamp_transform(rewards, tau, alpha), group_ids, state, eps=eps)
+
+
+@ADVANTAGES.register("gpg")
+def gpg(rewards: torch.Tensor, group_ids: torch.Tensor, state: dict) -> torch.Tensor:
+    """GPG (Chu et al. 2025, "GPG: A Simple and Strong Reinforcement Learning Baseline for Model Reasoning", arXiv
+    2504.02546; the formula of verl's ``compute_gpg_outcome_advantage``, ``f_norm = 1``): ``A_i = alpha (r_i - mean_g)``
+    with ``alpha = N / M``, ``N`` the completions of the batch and ``M`` those with a non-zero reward (at least 1),
+    which undoes the dilution of the gradient by groups whose rewards are all 0. Pair it with ``policy_loss: asymre``
+    with ``tau: 0`` (GPG's plain ``-A logp``, no ratio)."""
+    mean, _, _ = group_stats(rewards, group_ids)
+    alpha = len(rewards) / max(int(torch.count_nonzero(rewards)), 1)
+    return alpha * (rewards - mean)
+
+
+@ADVANTAGES.register("opo")
+def opo(rewards: torch.Tensor, group_ids: torch.Tensor, state: dict, lengths: torch.Tensor) -> torch.Tensor:
+    """OPO (Hao et al. 2025, "On-Policy RL with Optimal Reward Baseline", arXiv 2505.23585; the formula of verl's
+    ``compute_opo_outcome_advantage``): the length-weighted group baseline that minimises the gradient variance
+    when the gradient norm grows with the length, ``A_i = r_i - sum_g(l_j r_j) / sum_g(l_j)``, ``l`` = completion
+    token counts."""
+    check_rewards(rewards, group_ids)
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    r, l = rewards.double(), lengths.double()
+    zeros = torch.zeros(int(inverse.max()) + 1, dtype=r.dtype)
+    baseline = zeros.index_add(0, inverse, l * r) / zeros.index_add(0, inverse, l).clamp(min=1)
+    return (r - baseline[inverse]).to(rewards.dtype)
+
+
+@ADVANTAGES.register("gdpo")
+def gdpo(rewards: torch.Tensor, group_ids: torch.Tensor, state: dict,
+         components: dict[str, tuple[float, torch.Tensor]], *, eps: float = 1e-4) -> torch.Tensor:
+    """GDPO ("GDPO: Group reward-Decoupled Normalization Policy Optimization for Multi-reward RL Optimization",
+    2026, arXiv 2601.05242; the formula of TRL's ``multi_objective_aggregation="normalize_then_sum"``): each reward
+    component ``k`` normalised in its group first, so that a component with a large spread cannot drown the
+    others, then weighted, summed and normalised over the batch:
+    ``s_i = sum_k w_k (r_ik - mean_g r_k) / (std_g r_k + eps)``, ``A_i = (s_i - mean(s)) / (std(s) + eps)``
+    (unbiased stds, TRL's eps 1e-4). Reads the components itself, so ``reward_combine`` should be ``sum``."""
+    normalised = 0.0
+    for weight, values in components.values():
+        mean, std, _ = group_stats(values, group_ids)
+        normalised = normalised + weight * (values - mean) / (std + eps)
+    s = torch.as_tensor(normalised, dtype=rewards.dtype).double()
+    return ((s - s.mean()) / (s.std() + eps)).to(rewards.dtype)
+
+
+@ADVANTAGES.register("remax")
+def remax(rewards: torch.Tensor, group_ids: torch.Tensor, state: dict, keep: torch.Tensor) -> torch.Tensor:
+    """ReMax (Li et al. 2023, "ReMax: A Simple, Effective, and Efficient Reinforcement Learning Method for Aligning
+    Large Language Models", arXiv 2310.10505, Algorithm 1; verl's ``remax``): the baseline is the reward of the
+    prompt's greedy completion, ``A_i = r_i - r(greedy_g)``. Needs ``rollout: remax``, which adds the greedy row
+    of each group (``keep`` False there; its own advantage is 0 and it is not trained on)."""
+    check_rewards(rewards, group_ids)
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    greedy = ~keep.bool()
+    zeros = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64)
+    count = zeros.index_add(0, inverse[greedy], torch.ones(int(greedy.sum()), dtype=torch.float64))
+    if (count != 1).any():
+        raise ValueError("advantage remax needs exactly one greedy completion per group (rollout: remax)")
+    baseline = zeros.index_add(0, inverse[greedy], rewards[greedy].double())
+    return torch.where(greedy, 0.0, rewards.double() - baseline[inverse]).to(rewards.dtype)

@@ -31,3 +31,13 @@ def seq_mean_token_sum_norm(
 ) -> torch.Tensor:
     """Dr. GRPO: per-sequence token sums divided by a constant (``max_len``), then mean over sequences."""
     return (loss * mask).sum() / (max_len * max(n_seqs, 1))
+
+
+@AGGREGATIONS.register("seq_mean_token_sum")
+def seq_mean_token_sum(
+    loss: torch.Tensor, mask: torch.Tensor, n_tokens: int, n_seqs: int, max_len: int
+) -> torch.Tensor:
+    """LUSPO (Length-Unbiased Sequence Policy Optimization, arXiv 2602.05261; TRL's ``luspo``): each sequence's
+    token sum, then the mean over sequences, ``sum(loss * mask) / n_seqs``; with ``policy_loss: gspo`` every
+    sequence's GSPO loss is scaled by its length, so long completions are not under-weighted."""
+    return (loss * mask).sum() / max(n_seqs, 1)

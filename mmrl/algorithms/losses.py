@@ -7,8 +7,8 @@ marks tokens whose ratio was clipped (for the ``clip_frac`` metric; ``None`` whe
 Notation: ``logp`` = log pi_theta(y_t | ...), ``old`` = log pi_old (the policy that sampled the tokens;
 equal to ``logp.detach()`` on-policy, mu = 1), ``rho = exp(logp - old)``, ``A`` = the sequence's advantage
 broadcast over its tokens, ``sg`` = stop-gradient. On-policy (rho = 1) the PPO-family losses
-(``ppo_clip``, ``ngrpo_asym``, ``gspo``, ``cispo``, ``bapo``) all have gradient ``-A`` per token, the plain
-policy gradient.
+(``ppo_clip``, ``ngrpo_asym``, ``gspo``, ``cispo``, ``bapo``, ``sapo``, ``vespo``, ``kl_cov``) all have
+gradient ``-A`` per token, the plain policy gradient.
 """
 from __future__ import annotations
 
@@ -65,23 +65,55 @@ def _ratio(b: PolicyBatch) -> torch.Tensor:
     return torch.exp(b.logp - b.old_logp)
 
 
-def _clip_objective(ratio: torch.Tensor, adv: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float):
-    """``-min(rho A, clip(rho, low, high) A)`` and the mask of tokens where the clipped branch is active."""
-    clipped_ratio = torch.minimum(torch.maximum(ratio, torch.as_tensor(low)), torch.as_tensor(high))
-    unclipped, clipped = ratio * adv, clipped_ratio * adv
-    return -torch.minimum(unclipped, clipped), (clipped < unclipped)
+def _sequence_log_ratio(b: PolicyBatch) -> torch.Tensor:
+    """``mean_t (logp - old)`` over each completion's tokens, detached, ``[B, 1]``."""
+    tokens = b.mask.sum(-1, keepdim=True).clamp(min=1)
+    return (((b.logp - b.old_logp) * b.mask).sum(-1, keepdim=True) / tokens).detach()
+
+
+LEVELS = ("token", "sequence")
+"""Importance-sampling levels of the losses that take ``level``: one ratio per token, or GSPO's one per sequence."""
+
+
+def _log_ratio(b: PolicyBatch, level: str) -> torch.Tensor:
+    """``log rho`` per token (``level: token``), or GSPO-token's sequence ratio ``logp - sg(logp) +
+    sg(mean_t (logp - old))`` (``level: sequence``): its value is the sequence's mean log-ratio on every token and
+    its gradient, under any aggregation whose token weights are constant within a sequence (all of mmrl's),
+    equals that of the sequence ratio itself (Zheng et al. 2025, GSPO-token), clamped at 10 against overflow."""
+    if level == "token":
+        return b.logp - b.old_logp
+    if level == "sequence":
+        return (b.logp - b.logp.detach() + _sequence_log_ratio(b)).clamp(max=10.0)
+    raise ValueError(f"importance-sampling level {level!r} is not one of {', '.join(LEVELS)}")
+
+
+def _clip_objective(ratio: torch.Tensor, adv: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float,
+                    delta: float | None = None):
+    """``-min(rho A, clip(rho, low, high) A)`` and the mask of tokens where the clipped branch is active.
+
+    ``delta``: INTELLECT-2's two-sided clipping (Prime Intellect 2025, arXiv 2505.07291), the
+    unclipped branch capped too, ``-min(min(rho, delta) A, clip(rho) A)``, which bounds the loss of a negative-
+    advantage token whose ratio exploded; for ``delta > high`` it is dual-clip PPO with ``c = delta``."""
+    low, high = (torch.as_tensor(x, dtype=ratio.dtype, device=ratio.device) for x in (low, high))
+    clipped_ratio = torch.minimum(torch.maximum(ratio, low), high)
+    capped = ratio if delta is None else ratio.clamp(max=delta)
+    unclipped, clipped = capped * adv, clipped_ratio * adv
+    cut = clipped < unclipped if delta is None else (clipped < unclipped) | (ratio > delta)
+    return -torch.minimum(unclipped, clipped), cut
 
 
 @POLICY_LOSSES.register("ppo_clip")
-def ppo_clip(b: PolicyBatch, *, eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: float = 0.0) -> LossTerms:
+def ppo_clip(b: PolicyBatch, *, eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: float = 0.0,
+             delta: float | None = None) -> LossTerms:
     """PPO-clip per token (Schulman et al. 2017, eq. 7), asymmetric bounds as DAPO's clip-higher (Yu et al.
     2025, eq. 10): ``L = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)``.
 
     ``dual_clip = c > 1`` adds dual-clip PPO (Ye et al. 2020, eq. 5) for negative advantages:
     ``L = min(-min(rho A, clip(rho) A), -c A)``, bounding the loss when rho >> 1 on a bad token.
+    ``delta`` is INTELLECT-2's two-sided clipping (``_clip_objective``; TRL's ``delta``).
     """
     adv = b.advantages.unsqueeze(-1)
-    loss, clipped = _clip_objective(_ratio(b), adv, 1 - eps_low, 1 + eps_high)
+    loss, clipped = _clip_objective(_ratio(b), adv, 1 - eps_low, 1 + eps_high, delta)
     if dual_clip > 0:
         bound = -dual_clip * adv
         dual = (adv < 0) & (loss > bound)
@@ -115,34 +147,117 @@ def ngrpo_asym(b: PolicyBatch, *, eps_pos: float = 0.24, eps_neg: float = 0.16) 
     return LossTerms(loss, clipped)
 
 
-def _sequence_log_ratio(b: PolicyBatch) -> torch.Tensor:
-    """``mean_t (logp - old)`` over each completion's tokens, detached, ``[B, 1]``."""
-    tokens = b.mask.sum(-1, keepdim=True).clamp(min=1)
-    return (((b.logp - b.old_logp) * b.mask).sum(-1, keepdim=True) / tokens).detach()
-
-
 @POLICY_LOSSES.register("gspo")
-def gspo(b: PolicyBatch, *, eps_low: float = 3e-4, eps_high: float = 4e-4) -> LossTerms:
+def gspo(b: PolicyBatch, *, eps_low: float = 3e-4, eps_high: float = 4e-4, delta: float | None = None) -> LossTerms:
     """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", eq. 5 and GSPO-token): one importance ratio
     per sequence, ``s_i = (pi(y_i) / pi_old(y_i))^(1/|y_i|) = exp(mean_t log rho_t)``, clipped with tiny bounds
     (the paper's 3e-4 / 4e-4). Written in the GSPO-token form ``s_it = sg[s_i] * pi_t / sg[pi_t]``, whose
     value is ``s_i`` on every token and whose gradient with seq_mean_token_mean aggregation equals GSPO's
-    (use ``loss_agg: seq_mean_token_mean``)."""
-    log_s = (b.logp - b.logp.detach() + _sequence_log_ratio(b)).clamp(max=10.0)
+    (use ``loss_agg: seq_mean_token_mean``). ``delta``: two-sided clipping of the sequence ratio, as in
+    ``ppo_clip``. With ``loss_agg: seq_mean_token_sum`` it is LUSPO (Length-Unbiased Sequence Policy
+    Optimization, arXiv 2602.05261): each sequence's GSPO loss scaled by its length."""
     adv = b.advantages.unsqueeze(-1)
-    loss, clipped = _clip_objective(torch.exp(log_s), adv, 1 - eps_low, 1 + eps_high)
+    loss, clipped = _clip_objective(torch.exp(_log_ratio(b, "sequence")), adv, 1 - eps_low, 1 + eps_high, delta)
     return LossTerms(loss, clipped)
 
 
 @POLICY_LOSSES.register("cispo")
-def cispo(b: PolicyBatch, *, eps_low: float = 1.0, eps_high: float = 0.28) -> LossTerms:
+def cispo(b: PolicyBatch, *, eps_low: float = 1.0, eps_high: float = 0.28, level: str = "token") -> LossTerms:
     """CISPO (MiniMax-M1, 2025, eq. 4-5): clip the importance weight, not the update, so every token keeps a
     gradient: ``L = -sg(clip(rho, 1 - eps_low, 1 + eps_high)) * A * logp``. The paper sets no lower bound
-    (``eps_low = 1`` clips at 0) and tunes only ``eps_high``."""
-    ratio = _ratio(b).detach()
+    (``eps_low = 1`` clips at 0) and tunes only ``eps_high``. ``level: sequence`` uses GSPO's sequence ratio.
+    TRL's ``epsilon_high`` for cispo is the absolute bound ``1 + eps_high`` (ScaleRL's eps_max = 5 is
+    ``eps_high: 4``)."""
+    ratio = torch.exp(_log_ratio(b, level)).detach()
     weight = ratio.clamp(1 - eps_low, 1 + eps_high)
     loss = -weight * b.advantages.unsqueeze(-1) * b.logp
     return LossTerms(loss, weight != ratio)
+
+
+@POLICY_LOSSES.register("sapo")
+def sapo(b: PolicyBatch, *, tau_pos: float = 1.0, tau_neg: float = 1.05, level: str = "token") -> LossTerms:
+    """SAPO ("Soft Adaptive Policy Optimization", Qwen team 2025, arXiv 2511.20347; TRL's and verl's ``sapo``): a smooth
+    gate instead of the hard clip, ``L = -f(rho) A`` with ``f(rho) = (4 / tau) sigmoid(tau (rho - 1))``, ``tau =
+    tau_pos`` for ``A > 0`` and ``tau_neg`` otherwise (the paper's 1.0 / 1.05: negative tokens decay faster). ``f(1) = 2
+    / tau`` and ``f'(1) = 1``, so on-policy the gradient is ``-A`` per token; far off-policy it fades smoothly instead
+    of being cut. ``level: sequence`` gates GSPO's sequence ratio. As TRL's ``sapo``; use ``loss_agg:
+    seq_mean_token_mean`` for its aggregation."""
+    adv = b.advantages.unsqueeze(-1)
+    tau = torch.where(adv > 0, tau_pos, tau_neg)
+    gate = torch.sigmoid(tau * (torch.exp(_log_ratio(b, level)) - 1)) * 4 / tau
+    return LossTerms(-gate * adv, None)
+
+
+def vespo_weights(log_ratio: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, *, k_pos: float, lambda_pos: float,
+                  k_neg: float, lambda_neg: float) -> torch.Tensor:
+    """VESPO's gamma weight per sequence ``[B, 1]`` (detached): ``phi(w) = exp(lambda + k log w - lambda w)`` of
+    the full-sequence ratio ``w = exp(sum_t log rho_t)`` (token log-ratios clamped to ±20, ``log w`` to
+    [log 1e-8, 20]); ``(k, lambda) = (k_pos, lambda_pos)`` for ``A >= 0`` else ``(k_neg, lambda_neg)``,
+    ``lambda >= 1e-4``; a non-finite weight becomes 0. ``phi(1) = 1``, peaked at ``w = k / lambda``."""
+    with torch.no_grad():
+        log_w = (log_ratio.clamp(-20.0, 20.0) * mask).sum(-1, keepdim=True).clamp(math.log(1e-8), 20.0)
+        k = torch.where(adv >= 0, k_pos, k_neg)
+        lam = torch.where(adv >= 0, lambda_pos, lambda_neg).clamp(min=1e-4)
+        return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+@POLICY_LOSSES.register("vespo")
+def vespo(b: PolicyBatch, *, k_pos: float = 2.0, lambda_pos: float = 3.0, k_neg: float = 3.0,
+          lambda_neg: float = 2.0) -> LossTerms:
+    """VESPO ("Variational Sequence-Level Soft Policy Optimization", arXiv 2602.10693; as TRL 1.16's ``vespo``):
+    REINFORCE weighted by a smooth function of the sequence's importance ratio instead of a clip,
+    ``L = -sg(phi(w)) A logp`` with the gamma weight ``vespo_weights`` (defaults TRL's: k = 2, lambda = 3 for
+    ``A >= 0``; k = 3, lambda = 2 for ``A < 0``). Use ``loss_agg: token_mean`` (TRL's aggregation for vespo)."""
+    adv = b.advantages.unsqueeze(-1)
+    phi = vespo_weights(b.logp - b.old_logp, b.mask, adv, k_pos=k_pos, lambda_pos=lambda_pos, k_neg=k_neg,
+                        lambda_neg=lambda_neg)
+    return LossTerms(-phi * adv * b.logp, None)
+
+
+def _centred_covariance(b: PolicyBatch) -> torch.Tensor:
+    """Per-token ``(A - mean A) (logp - mean logp)`` over the batch's loss tokens (detached), the covariance term
+    whose large values drive entropy collapse (Cui et al. 2025)."""
+    valid = b.mask.bool()
+    adv = b.advantages.unsqueeze(-1).expand_as(b.logp)
+    logp = b.logp.detach()
+    return (adv - adv[valid].mean()) * (logp - logp[valid].mean())
+
+
+@POLICY_LOSSES.register("clip_cov")
+def clip_cov(b: PolicyBatch, *, eps_low: float = 0.2, eps_high: float = 0.2, ratio: float = 2e-4, lower: float = 1.0,
+             upper: float = 5.0) -> LossTerms:
+    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models", arXiv
+    2505.22617; the formula of verl's ``compute_policy_loss_clip_cov``): PPO-clip, but ``max(1, int(ratio * N))`` of the
+    ``N`` loss tokens whose centred covariance ``_centred_covariance`` lies in ``(lower, upper)`` and that PPO did not
+    already clip are drawn at random (torch's global generator, seeded by the run) and get no gradient (loss 0), which
+    stops high-covariance tokens from collapsing the entropy."""
+    adv = b.advantages.unsqueeze(-1)
+    loss, clipped = _clip_objective(_ratio(b), adv, 1 - eps_low, 1 + eps_high)
+    cov = _centred_covariance(b)
+    candidates = ((cov > lower) & (cov < upper) & b.mask.bool() & ~clipped).nonzero()
+    count = max(int(ratio * float(b.mask.sum())), 1)
+    chosen = candidates[torch.randperm(len(candidates))[:count]]
+    drop = torch.zeros_like(clipped)
+    drop[chosen[:, 0], chosen[:, 1]] = True
+    return LossTerms(torch.where(drop, torch.zeros_like(loss), loss), clipped | drop)
+
+
+@POLICY_LOSSES.register("kl_cov")
+def kl_cov(b: PolicyBatch, *, ratio: float = 2e-4, kl_coef: float = 1.0) -> LossTerms:
+    """KL-Cov (Cui et al. 2025, arXiv 2505.22617; the formula of verl's ``compute_policy_loss_kl_cov``): the unclipped
+    importance- weighted objective ``-rho A``, plus ``kl_coef |logp - old|`` on the ``max(1, int(ratio * N))`` loss
+    tokens with the largest centred covariance ``_centred_covariance`` (of ``N``), a KL pull on exactly the tokens that
+    drive entropy collapse. ``clipped`` marks those tokens."""
+    adv = b.advantages.unsqueeze(-1)
+    log_ratio = b.logp - b.old_logp
+    valid = b.mask.bool()
+    cov = _centred_covariance(b).masked_fill(~valid, -math.inf)
+    top = torch.topk(cov.flatten(), max(1, int(ratio * int(valid.sum())))).indices
+    pulled = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
+    pulled[top] = True
+    pulled = pulled.view_as(cov) & valid
+    loss = -torch.exp(log_ratio) * adv + torch.where(pulled, kl_coef * log_ratio.abs(), torch.zeros_like(log_ratio))
+    return LossTerms(loss, pulled)
 
 
 @POLICY_LOSSES.register("topr")
@@ -225,8 +340,6 @@ def apo(b: PolicyBatch, *, eps: float = 0.2, kl_coef: float = 1e-3, dads_scale: 
     f = torch.where(b.advantages > 0, dads, torch.ones_like(acc)).unsqueeze(-1)
     d = b.ref_logp - b.logp
     return LossTerms(loss + kl_coef * f * (torch.exp(d) - d - 1), clipped)
-
-
 
 
 @POLICY_LOSSES.register("nsr")

@@ -14,13 +14,13 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from mmrl.data import indices_at
-from mmrl.errors import DataError
+from mmrl.errors import DataError, read_text
+from mmrl.eval.records import parse_json
 from mmrl.plugins import PROMPT_SAMPLERS, ROLLOUTS
 from mmrl.rollout.groups import concat
 
@@ -83,6 +83,21 @@ def uniform(n_items: int, seed: int) -> UniformPrompts:
 def fixed(draw, prompts: list, group_size: int, first_group: int):
     """``group_size`` completions of every prompt (GRPO's rollout)."""
     return draw(prompts, group_size, list(range(first_group, first_group + len(prompts))))
+
+
+GREEDY_TOP_P = 1e-9
+"""Nucleus sampling with this ``top_p`` keeps only the most likely token: greedy decoding through the sampler."""
+
+
+@ROLLOUTS.register("remax")
+def remax(draw, prompts: list, group_size: int, first_group: int):
+    """ReMax's rollout (Li et al. 2023, arXiv 2310.10505, Algorithm 1): ``group_size`` sampled completions of every
+    prompt plus its greedy completion (``GREEDY_TOP_P``), scored like the others; the greedy rows are the
+    baseline of ``advantage: remax`` and are not trained on (``keep`` is False on them)."""
+    groups = list(range(first_group, first_group + len(prompts)))
+    ro = concat([draw(prompts, group_size, groups), draw(prompts, 1, groups, top_p=GREEDY_TOP_P)])
+    ro.keep = torch.arange(len(ro)) < len(ro) - len(prompts)
+    return ro
 
 
 def outcome_variance(rewards: list[float]) -> float:
@@ -208,15 +223,11 @@ def easy_to_hard(stats: list[dict], positions: list[int]) -> list[int]:
 def read_statistics(path: str | Path) -> list[dict]:
     """Rows of an ``mmrl select`` output file, in item order; malformed lines name the file and line."""
     rows = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read selection statistics ({e.strerror})") from None
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_text(Path(path), "selection statistics").splitlines(), 1):
+        row = parse_json(line, f"{path}:{n}")
         try:
-            row = json.loads(line)
             rows.append({"index": int(row["index"]), "mean": float(row["mean"]), "std": float(row["std"])})
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OverflowError) as e:
             raise DataError(f"{path}:{n}: not a selection row ({type(e).__name__}: {e})") from None
     return sorted(rows, key=lambda r: r["index"])
 

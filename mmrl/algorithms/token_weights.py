@@ -37,6 +37,10 @@ class TokenBatch:
     log_dist: torch.Tensor | None = None
     """[B, T, V] the policy's log-probabilities over the vocabulary at each position (detached); computed only
     when a scheme marked ``needs_whole_groups`` is active."""
+    log_ratio: torch.Tensor | None = None
+    """[B, T] ``log pi_theta - log pi_old`` of the sampled tokens (detached; 0 on-policy)."""
+    advantages: torch.Tensor | None = None
+    """[B] the completions' advantages."""
 
 
 @TOKEN_WEIGHTS.register("precision")
@@ -60,6 +64,19 @@ def entropy_top(t: TokenBatch, *, fraction: float = 0.2) -> torch.Tensor:
     return ((t.entropy >= threshold) & t.mask.bool()).to(t.entropy.dtype)
 
 
+
+
+@TOKEN_WEIGHTS.register("opsm")
+def opsm(t: TokenBatch, *, threshold: float = 0.5) -> torch.Tensor:
+    """Off-policy sequence masking (DeepSeek-AI 2025, DeepSeek-V3.2, arXiv 2512.02556, eq. 9; TRL's
+    ``off_policy_mask_threshold``): a completion with a negative advantage whose policy has drifted from the one
+    that sampled it, ``mean_t (log pi_old - log pi_theta) > threshold`` (the sequence's mean KL estimate), gets
+    weight 0; every other completion 1. Learning from one's own far-off-policy mistakes destabilises training
+    more than it teaches. mmrl's ``pi_old`` is the policy that sampled the step (TRL's, without vLLM)."""
+    tokens = t.mask.sum(-1).clamp(min=1)
+    drift = -(t.log_ratio * t.mask).sum(-1) / tokens
+    keep = (t.advantages >= 0) | (drift <= threshold)
+    return keep[:, None].to(t.mask.dtype) * t.mask
 
 
 @TOKEN_WEIGHTS.register("tw_grpo", needs_whole_groups=True)

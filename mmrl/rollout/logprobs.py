@@ -7,10 +7,11 @@ output head for the identity for the length of one call), and the head is applie
 tokens only (padding skipped), a chunk of rows at a time under activation checkpointing: each chunk's logits
 exist in the forward pass only long enough to give
 
-    logp_t = z_t[y_t] − logsumexp(z_t),   H_t = logsumexp(z_t) − Σ_v softmax(z_t)_v · z_t[v],   z_t = W·h_t / τ
+    logp_t = z_t[y_t] − logsumexp(z_t),   H_t = −Σ_v p_t[v] · log p_t[v],   p_t = softmax(z_t),   z_t = W·h_t/τ
 
-and are recomputed chunk by chunk in the backward pass, which for a plain bias-free linear head (every Qwen
-model's) writes the gradient out (``LinearHeadStats``) instead of taking it through autograd. Peak extra memory:
+(both with gradients: the entropy's for an entropy bonus on the loss) and are recomputed chunk by chunk in the
+backward pass, which for a plain bias-free linear head (every Qwen model's) writes the gradient out
+(``LinearHeadStats``) instead of taking it through autograd. Peak extra memory:
 one chunk of ``chunk_elements`` logits (and its gradient) instead of ``B·T·V``. The values are the full
 log-softmax's (same operations per row).
 """
@@ -39,7 +40,8 @@ class TokenStats:
     logp: torch.Tensor
     """[B, T] ``log pi(y_t | prompt, y_<t)`` at temperature τ, 0 where the mask is 0 (with gradients)."""
     entropy: torch.Tensor | None = None
-    """[B, T] entropy of ``pi(. | prompt, y_<t)``, detached, 0 where the mask is 0; only when asked for."""
+    """[B, T] entropy of ``pi(. | prompt, y_<t)`` at temperature τ, 0 where the mask is 0 (with gradients); only when
+    asked for."""
     log_dist: torch.Tensor | None = None
     """[B, T, V] ``log pi(. | prompt, y_<t)`` at every position, detached; only when asked for (it is the one
     full-vocabulary tensor, for token weightings that compare whole distributions)."""
@@ -79,23 +81,27 @@ def _row_stats(head, hidden: torch.Tensor, ids: torch.Tensor, temperature: float
 
 
 def _entropy(logits: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """``H = logsumexp(z) − Σ_v softmax(z)_v · z_v`` per row, detached."""
-    with torch.no_grad():
-        return norm - ((logits - norm[:, None]).exp() * logits).sum(-1)
+    """``H = −Σ_v p_v · log p_v`` per row, ``log p = z − norm`` (``norm`` = ``logsumexp(z)``); the same value as
+    ``norm − Σ_v p_v · z_v``, without its cancellation (fp32 error ~1e-7·|z| instead of ~1e-6)."""
+    log_p = logits - norm[:, None]
+    return -(log_p.exp() * log_p).sum(-1)
 
 
 class LinearHeadStats(torch.autograd.Function):
     """``(logp, entropy)`` of rows ``hidden [n, H]`` through a bias-free linear head ``weight [V, H]``, ``size`` rows
     at a time, with the gradient written out instead of taken through autograd. The forward pass keeps one
-    log-normaliser per row, not the logits; the backward pass recomputes a chunk's logits once and turns them
-    into the gradients directly:
+    log-normaliser (and entropy, when asked for) per row, not the logits; the backward pass recomputes a chunk's
+    logits once and turns them into the gradients directly:
 
-        ∂logp_t/∂z_t = e_{y_t} − p_t,   p_t = softmax(z_t),   z_t = W·h_t / τ,
-        ∂L/∂h_t = (g_t/τ)·Wᵀ(e_{y_t} − p_t),   ∂L/∂W = Σ_t (g_t/τ)·(e_{y_t} − p_t)·h_tᵀ,   g_t = ∂L/∂logp_t.
+        ∂logp_t/∂z_t = e_{y_t} − p_t,   ∂H_t/∂z_t = −p_t ⊙ (log p_t + H_t),   p_t = softmax(z_t),   z_t = W·h_t/τ,
+        δ_t = g_t·(e_{y_t} − p_t) − g^H_t·p_t ⊙ (log p_t + H_t),   g_t = ∂L/∂logp_t,   g^H_t = ∂L/∂H_t,
+        ∂L/∂h_t = Wᵀδ_t / τ,   ∂L/∂W = Σ_t δ_t·h_tᵀ / τ.
 
-    Autograd through a checkpointed log-softmax does the same matrix products but more passes over each chunk's
-    ``[rows, V]`` logits (the forward recomputed in full, the log-sum-exp's backward, the gather's one-hot scatter
-    into zeros): at Qwen's vocabulary those passes were over half of the head's time. The entropy is detached."""
+    The entropy term costs one more ``[rows, V]`` tensor per chunk, and only when the loss uses the entropy (its
+    gradient is not None and not all 0). Autograd through a checkpointed log-softmax does the same matrix products
+    but more passes over each chunk's ``[rows, V]`` logits (the forward recomputed in full, the log-sum-exp's
+    backward, the gather's one-hot scatter into zeros): at Qwen's vocabulary those passes were over half of the
+    head's time."""
 
     @staticmethod
     def forward(ctx, hidden, weight, ids, temperature: float, size: int, with_entropy: bool):
@@ -107,22 +113,32 @@ class LinearHeadStats(torch.autograd.Function):
             norms.append(norm)
             if with_entropy:
                 entropies.append(_entropy(logits, norm))
-        ctx.save_for_backward(hidden, weight, ids, torch.cat(norms))
-        ctx.temperature, ctx.size = temperature, size
         entropy = torch.cat(entropies) if with_entropy else hidden.new_zeros(0, dtype=torch.float32)
-        ctx.mark_non_differentiable(entropy)
+        ctx.save_for_backward(hidden, weight, ids, torch.cat(norms), entropy)
+        ctx.temperature, ctx.size = temperature, size
+        ctx.set_materialize_grads(False)  # an output the loss does not use gets None: no pass for it
         return torch.cat(logps), entropy
 
     @staticmethod
-    def backward(ctx, grad_logp, _grad_entropy):
-        hidden, weight, ids, norm = ctx.saved_tensors
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, ids, norm, entropy = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        if grad_logp is None:
+            grad_logp = norm.new_zeros(norm.shape)
+        if grad_entropy is not None and not bool(grad_entropy.any()):
+            grad_entropy = None
         for start in range(0, len(hidden), ctx.size):
             rows = slice(start, start + ctx.size)
             g = grad_logp[rows].float() / ctx.temperature
             logits = _scaled(torch.nn.functional.linear(hidden[rows], weight), ctx.temperature)
-            dz = logits.sub_(norm[rows, None]).exp_().mul_(-g[:, None])  # −(g/τ)·p, in place of the logits
+            log_p = logits.sub_(norm[rows, None])  # in place of the logits
+            if grad_entropy is None:
+                dz = log_p.exp_().mul_(-g[:, None])  # −(g/τ)·p
+            else:
+                gh = grad_entropy[rows].float() / ctx.temperature
+                p = log_p.exp()  # −p·((g/τ) + (g^H/τ)·(log p + H))
+                dz = log_p.mul_(gh[:, None]).add_((g + gh * entropy[rows])[:, None]).mul_(p).neg_()
             dz = dz.scatter_add_(-1, ids[rows, None], g[:, None]).to(weight.dtype)  # + (g/τ)·e_y
             if grad_hidden is not None:
                 grad_hidden[rows] = dz @ weight

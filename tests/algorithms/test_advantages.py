@@ -24,23 +24,32 @@ def groups(*sizes):
 # ---------------------------------------------------------------- edge cases shared by every estimator
 
 
+def estimate(name: str, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """``name``'s advantages of one reward component, through ``compute_advantages`` (which gives OPO its lengths,
+    GDPO its components and ReMax its greedy rows: the last of each group)."""
+    keep = torch.zeros_like(group_ids, dtype=torch.bool)
+    keep[:-1] = group_ids[1:] == group_ids[:-1]
+    return compute_advantages({"r": rewards}, {"r": 1.0}, group_ids, ADVANTAGES.get(name), "sum", {},
+                              lengths=torch.full_like(rewards, 3), keep=keep)
+
+
 @pytest.mark.parametrize("name", ADVANTAGES.names())
 def test_group_of_one_is_rejected(name):
     with pytest.raises(ValueError, match="group 1 has 1 completion"):
-        ADVANTAGES.get(name)(t(1, 0, 1), torch.tensor([0, 0, 1]), {})
+        estimate(name, t(1, 0, 1), torch.tensor([0, 0, 1]))
 
 
 @pytest.mark.parametrize("name", ADVANTAGES.names())
 def test_nan_reward_is_rejected(name):
     with pytest.raises(ValueError, match="completion 2 .group 1. is NaN"):
-        ADVANTAGES.get(name)(t(1, 0, float("nan"), 1), groups(2, 2), {})
+        estimate(name, t(1, 0, float("nan"), 1), groups(2, 2))
 
 
 @pytest.mark.parametrize("name", sorted(set(ADVANTAGES.names()) - {"reward", "ngrpo", "reinforce_pp"}))
 def test_identical_rewards_give_zero_advantage(name):
     # Every group-baselined estimator: r - mean_g = 0 in a constant group (BNPO: (R - p) = 0; TempSamp: the
     # transform of equal rewards is equal). NGRPO is the exception by design (tested below).
-    adv = ADVANTAGES.get(name)(t(0.7, 0.7, 0.7, 0.2, 0.2, 0.2), groups(3, 3), {})
+    adv = estimate(name, t(0.7, 0.7, 0.7, 0.2, 0.2, 0.2), groups(3, 3))
     assert torch.equal(adv, torch.zeros(6)), adv
 
 

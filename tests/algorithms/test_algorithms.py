@@ -273,6 +273,8 @@ def _registries():
 
 
 def _setting(key: str, name: str) -> str:
+    if name == "remax":  # the ReMax estimator and rollout go together
+        return "advantage: remax\n  rollout: remax"
     return f"{key}: {{{name}: {{}}}}" if key == "token_weights" else f"{key}: {name}"
 
 
@@ -314,6 +316,8 @@ def test_hyperparameters_from_yaml_are_checked(tmp_path):
     ("grpo:\n  dynamic_sampling: maybe\n", "grpo.dynamic_sampling"),
     ("grpo:\n  token_weights: {tw_grpo: {}}\n  group_size: 4\n  micro_batch_size: 6\n", "multiple of grpo.group_size"),
     ("grpo:\n  rollout: reinforce_ada\n  kl_in: reward\n  beta: 0.1\n", "reinforce_ada"),
+    ("grpo:\n  advantage: remax\n", "go together"),
+    ("grpo:\n  rollout: remax\n", "go together"),
 ])
 def test_inconsistent_settings_are_rejected(tmp_path, yaml, message):
     from mmrl.algorithms import build_algorithm

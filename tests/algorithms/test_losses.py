@@ -203,8 +203,9 @@ def test_bapo_balanced_batch_keeps_the_initial_bounds():
 
 # ---------------------------------------------------------------- on-policy gradient equality
 
-PPO_FAMILY = [("ppo_clip", {}), ("ppo_clip", {"dual_clip": 3.0}), ("ngrpo_asym", {}), ("gspo", {}),
-              ("cispo", {}), ("bapo", {})]
+PPO_FAMILY = [("ppo_clip", {}), ("ppo_clip", {"dual_clip": 3.0}), ("ppo_clip", {"delta": 1.5}), ("ngrpo_asym", {}),
+              ("gspo", {}), ("cispo", {}), ("cispo", {"level": "sequence"}), ("bapo", {}), ("sapo", {}),
+              ("sapo", {"level": "sequence"}), ("vespo", {}), ("kl_cov", {})]
 
 
 @pytest.mark.parametrize(("name", "args"), PPO_FAMILY)

@@ -180,3 +180,11 @@ def test_curriculum_reports_bad_files(tmp_path):
         curriculum(3, 0, stats=write_stats(tmp_path / "s.jsonl", [{"index": 0, "mean": 0.5, "std": 0.1}]))
     with pytest.raises(DataError, match="missing.jsonl"):
         curriculum(3, 0, stats=str(tmp_path / "missing.jsonl"))
+    not_utf8 = tmp_path / "bytes.jsonl"
+    not_utf8.write_bytes(b'{"index": 0, "mean": 0.5, "std": 0.1}\n{"index": \xff}\n')
+    with pytest.raises(DataError, match=r"bytes.jsonl:2: .*not UTF-8"):
+        curriculum(2, 0, stats=str(not_utf8))
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "\n")
+    with pytest.raises(DataError, match=r"deep.jsonl:1"):
+        curriculum(1, 0, stats=str(deep))

@@ -1,4 +1,5 @@
-"""Lean log-probs (``mmrl.rollout.logprobs``): hand-computed values, chunking that changes nothing, no full
+"""Lean log-probs (``mmrl.rollout.logprobs``): hand-computed values, chunking that changes nothing (values and
+gradients of log-probs and entropies equal the full log-softmax's), no full
 ``[B, T, V]`` tensor kept for backward, and models whose logits the head alone does not give refused. Both head
 paths: a bias-free linear head (``LinearHeadStats``, gradients written out) and any other head (a bias here:
 checkpointed autograd)."""
@@ -38,7 +39,7 @@ def test_values_by_hand(temperature, logp0, entropy0):
     assert stats.log_dist.shape == (1, 3, 4)
     assert stats.log_dist[0, 0].exp().tolist() == pytest.approx(
         [1 / 10, 2 / 10, 3 / 10, 4 / 10] if temperature == 1.0 else [1 / 30, 4 / 30, 9 / 30, 16 / 30], abs=1e-6)
-    assert stats.entropy.requires_grad is False and stats.log_dist.requires_grad is False
+    assert stats.entropy.requires_grad and stats.log_dist.requires_grad is False
 
 
 def random_case(seed: int = 0, bias: bool = False):
@@ -55,26 +56,32 @@ def random_case(seed: int = 0, bias: bool = False):
 
 
 def plain(head, hidden, ids, mask, temperature):
+    """Log-probs and entropies through the full ``[B, T, V]`` log-softmax (autograd's reference)."""
     log_dist = torch.log_softmax(head(hidden).float() / temperature, dim=-1)
-    return log_dist.gather(-1, ids[..., None]).squeeze(-1) * mask
+    logp = log_dist.gather(-1, ids[..., None]).squeeze(-1) * mask
+    return logp, -(log_dist.exp() * log_dist).sum(-1) * mask
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["linear-head", "head-with-bias"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("chunk_elements", [50, 150, 10_000])  # 1 row, 3 rows, all 11 rows per chunk
 def test_chunked_values_and_gradients_equal_the_full_log_softmax(chunk_elements, temperature, bias):
+    """Values, and gradients to the hidden states and the head of the log-probs, the entropies and a loss of
+    both (``a·logp + b·H``, an entropy bonus's shape), against autograd on the full log-softmax."""
     head, hidden, ids, mask = random_case(bias=bias)
-    weights = torch.linspace(-1, 1, 15).reshape(3, 5)
+    a, b = torch.linspace(-1, 1, 15).reshape(3, 5), torch.linspace(0.5, -2, 15).reshape(3, 5)
     params = [hidden, *head.parameters()]
-    expected = plain(head, hidden, ids, mask, temperature)
-    want = torch.autograd.grad((weights * expected).sum(), params)
-    stats = head_stats(head, hidden, ids, mask, temperature, entropy=True, chunk_elements=chunk_elements)
-    assert torch.allclose(stats.logp, expected, atol=1e-6)
-    got = torch.autograd.grad((weights * stats.logp).sum(), params)
-    for a, b in zip(got, want):
-        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
-    log_dist = torch.log_softmax(head(hidden).detach() / temperature, dim=-1)
-    assert torch.allclose(stats.entropy, -(log_dist.exp() * log_dist).sum(-1) * mask, atol=1e-5)
+    losses = {"logp": lambda logp, ent: (a * logp).sum(), "entropy": lambda logp, ent: (b * ent).sum(),
+              "both": lambda logp, ent: (a * logp + b * ent).sum()}
+    for name, loss in losses.items():
+        expected = plain(head, hidden, ids, mask, temperature)
+        want = torch.autograd.grad(loss(*expected), params)
+        stats = head_stats(head, hidden, ids, mask, temperature, entropy=True, chunk_elements=chunk_elements)
+        assert torch.allclose(stats.logp, expected[0], atol=1e-6)
+        assert torch.allclose(stats.entropy, expected[1], atol=1e-5)
+        got = torch.autograd.grad(loss(stats.logp, stats.entropy), params)
+        for mine, theirs in zip(got, want):
+            assert torch.allclose(mine, theirs, atol=1e-5), (name, (mine - theirs).abs().max())
 
 
 def largest_saved(fn) -> int:
@@ -94,7 +101,7 @@ def largest_saved(fn) -> int:
 def test_no_full_vocabulary_tensor_is_kept_for_backward(bias):
     head, hidden, ids, mask = random_case(bias=bias)
     full = hidden.shape[0] * hidden.shape[1] * head.weight.shape[0]  # B·T·V = 750
-    assert largest_saved(lambda: plain(head, hidden, ids, mask, 1.0)) >= full  # the check can fail
+    assert largest_saved(lambda: plain(head, hidden, ids, mask, 1.0)[0]) >= full  # the check can fail
     lean = largest_saved(lambda: head_stats(head, hidden, ids, mask, chunk_elements=100))
     assert lean <= head.weight.numel() < full  # at most the head's own weight (V·H = 400), never B·T·V
 

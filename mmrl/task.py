@@ -102,11 +102,37 @@ def opened(name: str, data: dict[str, Any]) -> Iterator[tuple[Task, Any]]:
         task.close()
 
 
+def hf_source(split: str, cfg: Any):
+    """The ``mmrl.hf_data.HFSource`` of ``split`` when ``cfg.train`` / ``cfg.eval`` is a ``datasets`` mapping, else
+    ``None`` (a file path, or unset for synthetic data)."""
+    value = cfg.train if split == "train" else cfg.eval
+    if not isinstance(value, dict):
+        return None
+    from mmrl import hf_data  # not at the top: it imports mmrl.eval.caption_qa, which imports this module
+
+    return hf_data.source_of(value, f"data.{split}")
+
+
+def hf_records(split: str, cfg: Any, ctx: LoadContext, task: str) -> Any:
+    """``task``'s records of the ``datasets`` source of ``split`` (``mmrl.hf_data.read_records``), or ``None`` when
+    ``split`` names no such source."""
+    source = hf_source(split, cfg)
+    if source is None:
+        return None
+    from mmrl import hf_data
+
+    return hf_data.read_records(task, source, ctx.cache_dir)
+
+
 def read_split(split: str, cfg: Any, ctx: LoadContext, synthetic: Callable[[Any, str, str], Path],
-               read: Callable[[Path], list]) -> list:
-    """The records of ``split`` ("train" or "eval"): ``read`` of the file ``cfg.train`` or ``cfg.eval`` when it is
-    set, else of the synthetic file ``synthetic(cfg.synthetic, split, ctx.cache_dir)`` (generated once, cached); a
-    ``DataError`` naming the file when it holds no records."""
+               read: Callable[[Path], list], task: str | None = None) -> list:
+    """The records of ``split`` ("train" or "eval"): those of the ``datasets`` source when ``cfg.train`` or
+    ``cfg.eval`` is a mapping (``mmrl.hf_data``, read for ``task``), else ``read`` of the file it names, else of the
+    synthetic file ``synthetic(cfg.synthetic, split, ctx.cache_dir)`` (generated once, cached); a ``DataError``
+    naming the file when it holds no records."""
+    records = hf_records(split, cfg, ctx, task) if task else None
+    if records is not None:
+        return records
     path = cfg.train if split == "train" else cfg.eval
     source = Path(path) if path else synthetic(cfg.synthetic, split, ctx.cache_dir)
     records = read(source)

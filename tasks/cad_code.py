@@ -75,9 +75,11 @@ class SyntheticCad:
 
 @dataclass
 class CadData:
-    train: str | None = None
-    """JSON lines ``{"id", "description", "code"[, "images"]}`` for training; unset = synthetic parts."""
-    eval: str | None = None
+    train: str | dict[str, Any] | None = None
+    """JSON lines ``{"id", "description", "code"[, "images"]}`` for training, or a Hugging Face ``datasets`` source
+    (a mapping, ``mmrl.hf_data.HFSource``: fields description, code, optional id, images); unset = synthetic
+    parts."""
+    eval: str | dict[str, Any] | None = None
     """The same for evaluation; unset = synthetic parts."""
     think: bool = False
     """Ask for reasoning in ``<think></think>`` before the code block."""
@@ -273,7 +275,8 @@ class CadCode(Task):
         self.measurer.close()
 
     def load(self, split: str, cfg: CadData, ctx: LoadContext) -> list[Sample]:
-        return self.samples_from_records(read_split(split, cfg, ctx, synthetic_file, load_cad), cfg, ctx)
+        records = read_split(split, cfg, ctx, synthetic_file, load_cad, task="cad_code")
+        return self.samples_from_records(records, cfg, ctx)
 
     def samples_from_records(self, records: list[CadRecord], cfg: CadData, ctx: LoadContext) -> list[Sample]:
         template = cfg.prompt or (THINK_PROMPT if cfg.think else PROMPT)

@@ -57,9 +57,10 @@ class SyntheticScenes:
 
 @dataclass
 class CaptionQAData:
-    train: str | None = None
-    """JSON lines ``{"id", "image", "qa"[, "caption"]}`` for training; unset = synthetic scenes."""
-    eval: str | None = None
+    train: str | dict[str, Any] | None = None
+    """JSON lines ``{"id", "image", "qa"[, "caption"]}`` for training, or a Hugging Face ``datasets`` source (a
+    mapping, ``mmrl.hf_data.HFSource``: fields image, qa, optional id, caption); unset = synthetic scenes."""
+    eval: str | dict[str, Any] | None = None
     """The same for evaluation; unset = synthetic scenes."""
     prompt: str = PROMPT
     """The captioning instruction (after the image)."""
@@ -114,7 +115,8 @@ class CaptionQA(Task):
             self.judge.close()
 
     def load(self, split: str, cfg: CaptionQAData, ctx: LoadContext) -> list[Sample]:
-        return self.samples_from_records(read_split(split, cfg, ctx, synthetic_file, load_caption_qa), cfg, ctx)
+        records = read_split(split, cfg, ctx, synthetic_file, load_caption_qa, task="caption_qa")
+        return self.samples_from_records(records, cfg, ctx)
 
     def samples_from_records(self, records: list[CaptionRecord], cfg: CaptionQAData, ctx: LoadContext):
         return [Sample(id=r.id, prompt=cfg.prompt, images=[r.image], answer=r.caption or "",

@@ -21,6 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from mmrl.errors import ConfigError, DataError
 from mmrl.eval.coco_metrics import GroundTruthImage, ScoredBox, coco_map, f1_summary
@@ -29,7 +30,7 @@ from mmrl.eval.records import image_size
 from mmrl.eval.screenspot import coord_scale
 from mmrl.plugins import TASKS
 from mmrl.store import cached_build
-from mmrl.task import Task
+from mmrl.task import Task, hf_records
 from mmrl.types import LoadContext, Sample
 from rewards import detection as det
 from tasks import synthetic_detection
@@ -76,10 +77,11 @@ class SyntheticDetection:
 
 @dataclass
 class DetectionData:
-    train: str | None = None
-    """COCO instances JSON for training; unset = synthetic data."""
-    eval: str | None = None
-    """COCO instances JSON for evaluation; unset = synthetic data."""
+    train: str | dict[str, Any] | None = None
+    """COCO instances JSON for training, or a Hugging Face ``datasets`` source (a mapping,
+    ``mmrl.hf_data.HFSource``: fields image, bboxes, labels, optional id, crowd); unset = synthetic data."""
+    eval: str | dict[str, Any] | None = None
+    """The same for evaluation; unset = synthetic data."""
     train_images: str | None = None
     """Image folder of ``train`` (default: ``images/`` beside the JSON if it exists, else the JSON's folder)."""
     eval_images: str | None = None
@@ -101,10 +103,11 @@ class DetectionData:
 
 @dataclass
 class RecData:
-    train: str | None = None
-    """REC JSON lines for training; unset = synthetic data."""
-    eval: str | None = None
-    """REC JSON lines for evaluation; unset = synthetic data."""
+    train: str | dict[str, Any] | None = None
+    """REC JSON lines for training, or a Hugging Face ``datasets`` source (a mapping, ``mmrl.hf_data.HFSource``:
+    fields image, expression, bbox); unset = synthetic data."""
+    eval: str | dict[str, Any] | None = None
+    """The same for evaluation; unset = synthetic data."""
     train_images: str | None = None
     """Folder the rows' ``image`` paths are relative to (default: the JSONL's folder)."""
     eval_images: str | None = None
@@ -150,6 +153,9 @@ class CocoDetection(Task):
     """COCO-format detection; benchmark records are ``(DetectionRecord list, category names)`` pairs."""
 
     def load(self, split: str, cfg: DetectionData, ctx: LoadContext) -> list[Sample]:
+        from_hf = hf_records(split, cfg, ctx, "detection")
+        if from_hf is not None:
+            return self.samples_from_records(from_hf, cfg, ctx)
         path = cfg.train if split == "train" else cfg.eval
         images = cfg.train_images if split == "train" else cfg.eval_images
         source = Path(path) if path else synthetic_files(cfg.synthetic, split, ctx.cache_dir)
@@ -219,6 +225,9 @@ class ReferringExpressions(Task):
     """Referring-expression comprehension: one box per expression; benchmark records are ``RecRecord``s."""
 
     def load(self, split: str, cfg: RecData, ctx: LoadContext) -> list[Sample]:
+        from_hf = hf_records(split, cfg, ctx, "rec")
+        if from_hf is not None:
+            return self.samples_from_records(from_hf, cfg, ctx)
         path = cfg.train if split == "train" else cfg.eval
         images = cfg.train_images if split == "train" else cfg.eval_images
         if path:

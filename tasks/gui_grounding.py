@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmrl.errors import ConfigError
 from mmrl.eval.screenspot import coord_scale, image_size
@@ -68,10 +69,12 @@ class SyntheticConfig:
 
 @dataclass
 class GuiGroundingData:
-    train: str | None = None
-    """ScreenSpot-format JSON file or folder for training; unset = synthetic data."""
-    eval: str | None = None
-    """ScreenSpot-format JSON file or folder for evaluation; unset = synthetic data."""
+    train: str | dict[str, Any] | None = None
+    """ScreenSpot-format JSON file or folder for training, or a Hugging Face ``datasets`` source (a mapping,
+    ``mmrl.hf_data.HFSource``: fields image, instruction, bbox, optional ui_type, id, split, application, group,
+    platform); unset = synthetic data."""
+    eval: str | dict[str, Any] | None = None
+    """The same for evaluation; unset = synthetic data."""
     image_dir: str | None = None
     """Folder of the screenshots (default: ``images/`` or ``screenspot_imgs/`` beside the JSON)."""
     answer_format: str = "point"
@@ -134,7 +137,8 @@ class GuiGrounding(Task):
     def load(self, split: str, cfg: GuiGroundingData, ctx: LoadContext) -> list[Sample]:
         if cfg.answer_format not in PROMPTS:
             raise ConfigError(f"config key 'data.answer_format': {cfg.answer_format!r}; valid: point, box")
-        records = read_split(split, cfg, ctx, synthetic_files, partial(load_screenspot, image_dir=cfg.image_dir))
+        records = read_split(split, cfg, ctx, synthetic_files, partial(load_screenspot, image_dir=cfg.image_dir),
+                             task="gui_grounding")
         return self.samples_from_records(records, cfg, ctx)
 
     def samples_from_records(self, records: list[GroundingRecord], cfg: GuiGroundingData, ctx: LoadContext):

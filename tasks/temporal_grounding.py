@@ -21,12 +21,13 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from mmrl.errors import ConfigError, DataError
 from mmrl.eval.charades import CharadesRecord, charades_metrics, load_annotations, resolve_videos
 from mmrl.plugins import TASKS
 from mmrl.store import atomic_write_text, cached_build
-from mmrl.task import Task
+from mmrl.task import Task, hf_source
 from mmrl.types import VIDEO_MARK, LoadContext, Sample
 from mmrl.vision import VideoBudget, VideoInfo, frame_indices, frame_times
 from rewards import temporal
@@ -73,12 +74,15 @@ class SyntheticVideoConfig:
 
 @dataclass
 class TemporalGroundingData:
-    train: str | None = None
-    """Charades-STA annotation file for training; unset = synthetic data."""
-    eval: str | None = None
-    """Charades-STA annotation file for evaluation; unset = synthetic data."""
+    train: str | dict[str, Any] | None = None
+    """Charades-STA annotation file for training, or a Hugging Face ``datasets`` source (a mapping,
+    ``mmrl.hf_data.HFSource``: fields video (a file name whose stem is the video id), sentence, and interval
+    ``[start, end]`` or start and end); unset = synthetic data."""
+    eval: str | dict[str, Any] | None = None
+    """The same for evaluation; unset = synthetic data."""
     video_dir: str | None = None
-    """Folder of the videos (``VIDEO_ID.mp4`` etc.); default: ``videos/`` beside the annotation file."""
+    """Folder of the videos (``VIDEO_ID.mp4`` etc.); default: ``videos/`` beside the annotation file (for a
+    ``datasets`` source: its ``media_dir``, else the dataset's folder)."""
     think: str = "hybrid"
     """never: answer directly; always: think first; hybrid: per sample, think with probability think_ratio."""
     think_ratio: float = 0.5
@@ -151,14 +155,21 @@ def load_samples(path: Path, cfg: TemporalGroundingData, budget: VideoBudget) ->
     skipped with one counted warning under ``skip_bad_samples``."""
     records, skipped = load_annotations(path, skip_bad=cfg.skip_bad_samples)
     video_dir = Path(cfg.video_dir) if cfg.video_dir else path.parent / "videos"
+    return samples_of(records, skipped, video_dir, str(path), cfg, budget)
+
+
+def samples_of(records: list[CharadesRecord], skipped: int, video_dir: Path, name: str, cfg: TemporalGroundingData,
+               budget: VideoBudget) -> list[Sample]:
+    """Samples of the records of ``name`` (a file or dataset) whose videos are in ``video_dir``; ``skipped``
+    records were already left out."""
     kept, videos = resolve_videos(records, video_dir, skip_bad=cfg.skip_bad_samples)
     samples = [to_sample(r, videos[r.id], cfg, budget) for r in kept]
     skipped += len(records) - len(kept)
     if skipped:
-        warnings.warn(f"{path}: skipped {skipped} bad annotation lines or videos (skip_bad_samples=true)",
-                      stacklevel=2)
+        warnings.warn(f"{name}: skipped {skipped} bad annotation lines or videos (skip_bad_samples=true)",
+                      stacklevel=3)
     if not samples:
-        raise DataError(f"{path}: no usable annotation lines")
+        raise DataError(f"{name}: no usable annotation lines")
     return samples
 
 
@@ -173,6 +184,13 @@ class TemporalGrounding(Task):
             raise ConfigError(f"config key 'data.think': {cfg.think!r}; valid: {', '.join(THINK_MODES)}")
         if ctx.video is None:
             raise ConfigError("temporal_grounding needs the model's video settings (config key 'model.video')")
+        hf = hf_source(split, cfg)
+        if hf is not None:
+            from mmrl.hf_data import Table, charades_records
+
+            table = Table(hf, "temporal_grounding", ctx.cache_dir)
+            video_dir = Path(cfg.video_dir) if cfg.video_dir else table.media_dir
+            return samples_of(charades_records(table), 0, video_dir, table.name, cfg, ctx.video)
         path = cfg.train if split == "train" else cfg.eval
         source = Path(path) if path else synthetic_annotations(cfg.synthetic, split, ctx.cache_dir)
         return load_samples(source, cfg, ctx.video)

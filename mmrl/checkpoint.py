@@ -22,7 +22,9 @@ Sharded models never reach these hooks (accelerate hands them only the replicate
 whole model, frozen weights included, in their own format: correct, not adapter-sized.
 
 The folder is written into a hidden ``.tmp-step-NNNNNN`` and renamed into place when every rank has finished, so a
-run killed mid-write leaves the previous checkpoint intact and never a half one; the last ``keep`` are kept. A
+run killed mid-write leaves the previous checkpoint intact and never a half one; the last ``keep`` are kept (an older
+one is renamed to a hidden ``.tmp-`` name before it is deleted, and each save first deletes what killed saves and
+deletions left there). A
 published folder can still be damaged later (a disk or copy that truncates or flips bytes, a power loss before the
 data reached the disk: nothing is fsync'd), so resuming (``resume_point``) takes the newest checkpoint whose files
 match its manifest (``verify``), says in one line why each newer one was skipped, and refuses to start when none
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -120,6 +123,11 @@ def register(accelerator, *objects) -> None:
 
 def step_dir(root: str | Path, step: int, tmp: bool = False) -> Path:
     return Path(root) / "checkpoints" / f"{'.tmp-' if tmp else ''}step-{step:06d}"
+
+
+def step_of(path: Path) -> int:
+    """The step of checkpoint folder ``path`` (``step-000004`` -> 4)."""
+    return int(PATTERN.match(path.name)[1])
 
 
 def step_dirs(root: str | Path) -> list[Path]:
@@ -251,10 +259,12 @@ def stale(found: list[Path], newest: Path, keep: int) -> list[Path]:
 def save(root: str | Path, step: int, trainer_state: dict, accelerator, keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically: ``accelerator.save_state`` on every rank, ``trainer_state`` from the
     main one, once all have finished the manifest of every file, then the rename and the pruning to the last
-    ``keep`` (``stale``)."""
+    ``keep`` (``stale``), each pruned folder renamed to a hidden ``.tmp-`` name before it is deleted. Hidden
+    folders that killed saves or prunings left are deleted first."""
     tmp, final = step_dir(root, step, tmp=True), step_dir(root, step)
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if accelerator.is_main_process:  # what killed saves and prunings left (at most one save runs at a time)
+        for leftover in (Path(root) / "checkpoints").glob(".tmp-step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
@@ -263,8 +273,10 @@ def save(root: str | Path, step: int, trainer_state: dict, accelerator, keep: in
     if accelerator.is_main_process:
         write_json_atomic(tmp / MANIFEST, manifest(tmp, step))
         publish_dir(tmp, final)
-        for old in stale(checkpoints(root), final, keep):
-            shutil.rmtree(old, ignore_errors=True)
+        for old in stale(checkpoints(root), final, keep):  # hidden first: a kill mid-delete leaves no half folder
+            doomed = old.with_name(f".tmp-{old.name}")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 

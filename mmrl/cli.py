@@ -25,6 +25,11 @@ def cmd_select(args) -> None:
     from mmrl.config import TrainConfig, default_config, load_config
     from mmrl.selection import select
 
+    if args.k < 1:
+        raise ConfigError(f"--k {args.k}: sample at least 1 completion per item")
+    for option, file in (("--output", args.output), ("--keep", args.keep)):
+        if file is not None and Path(file).is_dir():
+            raise ConfigError(f"{option} {file}: is a folder, expected a file to write")
     path = Path(args.config) if args.config else default_config(args.task)
     cfg = load_config(TrainConfig, path, [f"task={args.task}", *args.overrides])
     select(cfg, args.k, args.output, progress=cfg.progress, keep=args.keep, min_std=args.min_std)
@@ -70,10 +75,12 @@ def cmd_list(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from mmrl.demo.app import launch
-
+    if Path(args.run_dir).is_file():
+        raise ConfigError(f"{args.run_dir}: is a file, expected a run directory")
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"run directory not found: {args.run_dir}")
+    from mmrl.demo.app import launch
+
     launch(args.run_dir, host=args.host, port=args.port, refresh_seconds=args.refresh)
 
 
@@ -100,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     from mmrl.eval import cad, caption_qa, charades, detection, geneval, screenspot
 
     parser = argparse.ArgumentParser(prog="mmrl", description="RL fine-tuning of multimodal models")
+    parser.add_argument("--debug", action="store_true",
+                        help="on bad input, show the error's traceback instead of one 'mmrl: error:' line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="cold start + GRPO on a task (default config: configs/TASK/tiny.yaml)")
@@ -191,13 +200,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line. ``key=value`` overrides may also follow options (``mmrl train TASK --config C
+    grpo.lr=1e-5``): argparse ends a positional list at the first option, so the ones after it are added here."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    """Run the command; bad input (an ``MMRLError``: a file, a record, a config key) is one ``mmrl: error:`` line on
+    stderr and exit status 2, its traceback with ``--debug``. Any other exception is a bug and shows its traceback."""
+    args = parse_args(argv)
     try:
         with stdout_of_main_process() if args.command == "eval" else nullcontext():
             args.func(args)
     except MMRLError as e:
-        print(f"mmrl: error: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"mmrl: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         sys.exit(2)
 
 

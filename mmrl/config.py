@@ -2,27 +2,71 @@
 
 ``load_config(TrainConfig, "my_run.yaml", ["grpo.lr=1e-5"])`` builds the dataclass from the
 defaults, then the YAML file, then the overrides. An unknown key or a value of the wrong type raises
-``ConfigError`` naming the key (and the valid keys).
+``ConfigError`` naming the key (and the valid keys), and so does a number outside its field's range (the
+``LIMITS`` of its dataclass, ``check_limits``).
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from mmrl.errors import ConfigError
+from mmrl.errors import ConfigError, read_text
 from mmrl.typed import build, check_type, deep_merge  # noqa: F401  (re-exported)
 from mmrl.vision import VideoBudget
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The valid range of a numeric config value: finite, at least ``low`` (above it when ``open_low``) and at most
+    ``high``; ``None``: no bound on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        return math.isfinite(value) and above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        bounds = [f"{'>' if self.open_low else '>='} {self.low:g}"] if self.low is not None else []
+        bounds += [f"<= {self.high:g}"] if self.high is not None else []
+        return " and ".join(["finite", *bounds])
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Limit(0), Limit(1), Limit(0, open_low=True)
+PROBABILITY = Limit(0, 1)
+
+
+def check_limits(cfg: Any, prefix: str = "") -> None:
+    """Every number of the dataclass ``cfg``, and of the dataclasses it holds (lists of them too), within the
+    ``LIMITS`` (field name -> ``Limit``) of its class; ``ConfigError`` naming the key otherwise. ``None`` (an unset
+    optional value) is always valid."""
+    limits = getattr(type(cfg), "LIMITS", {})
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            check_limits(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    check_limits(item, f"{key}[{i}].")
+        elif f.name in limits and value is not None and not limits[f.name].admits(value):
+            raise ConfigError(f"config key '{key}': {value!r} must be {limits[f.name]}")
+
+
 @dataclass
 class LoraConfig:
+    LIMITS = {"r": AT_LEAST_1, "alpha": POSITIVE, "dropout": PROBABILITY}
+
     enabled: bool = False
     """Train LoRA adapters (peft) instead of all weights; the reference policy is the adapter-disabled model."""
     r: int = 16
@@ -40,6 +84,8 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
+    LIMITS = {"tiny_rope_theta": POSITIVE, "min_pixels": AT_LEAST_1, "max_pixels": AT_LEAST_1}
+
     path: str = "tiny"
     """A Hugging Face checkpoint id or folder, or ``tiny`` to build (once, cached) a tiny local model."""
     tiny_family: str = "qwen2_5_vl"
@@ -73,6 +119,9 @@ class ModelConfig:
 
 @dataclass
 class SFTConfig:
+    LIMITS = {"steps": AT_LEAST_0, "batch_size": AT_LEAST_1, "lr": AT_LEAST_0,
+              "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0}
+
     steps: int = 0
     """Supervised cold-start steps on the task's ground-truth answers before RL (0 = none)."""
     batch_size: int = 16
@@ -87,6 +136,16 @@ class SFTConfig:
 
 @dataclass
 class GRPOConfig:
+    LIMITS = {
+        "steps": AT_LEAST_0, "prompts_per_step": AT_LEAST_1, "temperature": POSITIVE,
+        "top_p": Limit(0, 1, open_low=True), "max_new_tokens": AT_LEAST_1, "mu": AT_LEAST_1,
+        "micro_batch_size": AT_LEAST_1, "lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0,
+        "max_grad_norm": AT_LEAST_0, "max_consecutive_skips": AT_LEAST_0, "beta": AT_LEAST_0,
+        "max_refill_rounds": AT_LEAST_0, "ground_truth_gamma": AT_LEAST_0,
+        "entropy_coef": Limit(), "entropy_target": AT_LEAST_0, "entropy_coef_delta": AT_LEAST_0,
+        "entropy_coef_min": Limit(), "entropy_coef_max": Limit(),
+    }  # group_size >= 2 is checked with the algorithm (mmrl.algorithms.build_algorithm)
+
     steps: int = 100
     """Number of RL steps (each: sample, score, then ``mu`` optimisation epochs)."""
     prompts_per_step: int = 8
@@ -124,6 +183,11 @@ class GRPOConfig:
     kl_in: str = "loss"
     """Where the KL penalty goes: ``loss`` (beta * KL per token added to the policy loss) or ``reward``
     (beta * the completion's summed KL subtracted from its reward before the advantages)."""
+    kl_importance_ratio: str = "token"
+    """With ``kl_in: loss``, the per-token KL is multiplied by the importance ratio pi_theta / pi_old, which makes
+    its gradient the unbiased reverse-KL gradient (DeepSeek-V3.2): ``token`` (per-token ratio), ``sequence`` (the
+    completion's geometric-mean ratio) or ``off``. On by default because TRL's ``use_bias_correction_kl`` is (TRL
+    1.16); ``off`` is mmrl's KL before this option."""
     advantage: str = "grpo"
     """Advantage estimator name (see ``mmrl.algorithms.advantages`` and docs/algorithms.md)."""
     advantage_args: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +203,23 @@ class GRPOConfig:
     """Loss aggregation name (see ``mmrl.algorithms.aggregation``)."""
     token_weights: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Token-weighting schemes and their hyperparameters, e.g. ``{precision: {weight: 2.0}}``; weights multiply."""
+    entropy_coef: float = 0.0
+    """Entropy bonus (TRL's ``entropy_coef``): ``entropy_coef * H`` is subtracted from the loss, ``H`` the mean
+    per-token entropy of the policy over the step's loss tokens, whatever ``loss_agg`` (see
+    ``mmrl.algorithms.entropy``); 0 = off, unless ``adaptive_entropy``, which starts from this value."""
+    adaptive_entropy: bool = False
+    """Skywork-OR1's adaptive entropy coefficient (TRL's ``use_adaptive_entropy``): the bonus applies only while the
+    previous optimizer step's mean entropy was at or below ``entropy_target`` (so not on the first step), and after
+    each optimizer step the coefficient moves by ``entropy_coef_delta`` up (entropy at or below the target) or down,
+    within ``[entropy_coef_min, entropy_coef_max]``."""
+    entropy_target: float = 0.2
+    """Target mean per-token entropy (nats) of ``adaptive_entropy``."""
+    entropy_coef_delta: float = 0.005
+    """Step of the adaptive entropy coefficient per optimizer step."""
+    entropy_coef_min: float = 0.0
+    """Lower bound of the adaptive entropy coefficient."""
+    entropy_coef_max: float = 1.0
+    """Upper bound of the adaptive entropy coefficient."""
     overlong_filter: bool = False
     """DAPO overlong filtering: truncated completions (no EOS within max_new_tokens) get no loss."""
     dynamic_sampling: str = "off"
@@ -162,14 +243,17 @@ class GRPOConfig:
     ground_truth_gamma: float = 0.1
     """Shaping of the ground-truth slot's importance ratio ``p / (p + gamma)`` (LUFFY); 0 = the plain ratio."""
     rollout: str = "fixed"
-    """Rollout strategy: ``fixed`` (group_size completions per prompt) or ``reinforce_ada`` (adaptive
-    per-prompt sampling, then groups of group_size with both outcomes)."""
+    """Rollout strategy: ``fixed`` (group_size completions per prompt), ``reinforce_ada`` (adaptive
+    per-prompt sampling, then groups of group_size with both outcomes) or ``remax`` (group_size samples plus the
+    greedy completion whose reward is ``advantage: remax``'s baseline)."""
     rollout_args: dict[str, Any] = field(default_factory=dict)
     """Keyword hyperparameters of the rollout strategy."""
 
 
 @dataclass
 class EvalConfig:
+    LIMITS = {"batch_size": AT_LEAST_1, "max_new_tokens": AT_LEAST_1}
+
     batch_size: int = 32
     """Prompts per generation batch during evaluation."""
     max_new_tokens: int = 32
@@ -180,6 +264,9 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
+    LIMITS = {"seed": AT_LEAST_0, "save_every": AT_LEAST_1, "keep_checkpoints": AT_LEAST_1,
+              "reward_timeout": POSITIVE}
+
     task: str = ""
     """Task adapter name (required; ``mmrl list task`` shows the registered ones; ``mmrl train TASK`` sets it)."""
     output_dir: str = "runs/default"
@@ -199,7 +286,7 @@ class TrainConfig:
     """Write every step's rollouts under ``rollouts/``."""
     log_media: bool = True
     """Keep a copy (a hard link when on the same file system) of each image and video the logged rollouts show under
-    ``media/``, so ``mmrl demo`` can show them: it serves only files inside the run directory."""
+    ``media/``, so ``mmrl demo`` can show them: it reads only files inside the run directory."""
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Experiment trackers that get every step's metrics, by accelerate's names: tensorboard (files under ``tb/``),
     wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio, or all (every one installed); all but
@@ -274,29 +361,56 @@ def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
     return args
 
 
+def check_options(args: Any, limits: dict[str, Limit]) -> None:
+    """Each command-line option of ``limits`` (argparse dest -> ``Limit``) that was given (not ``None``) within its
+    limit; ``ConfigError`` naming the option (``--max-new-tokens 0: must be finite and >= 1``) otherwise."""
+    for dest, limit in limits.items():
+        value = getattr(args, dest)
+        if value is not None and not limit.admits(value):
+            raise ConfigError(f"--{dest.replace('_', '-')} {value}: must be {limit}")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; missing files and syntax errors raise ConfigError naming the file."""
+    """Read a YAML mapping; a file that is missing, unreadable, not UTF-8, not YAML or not a mapping raises
+    ``ConfigError`` naming the file (and the line of a syntax error). So does an empty file (or one of comments
+    only): most likely a truncated or wrong file; the defaults are what no ``--config`` gives."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    text = read_text(p, "config", ConfigError)
     try:
-        data = yaml.load(p.read_text(), Loader=_Loader) or {}
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}".replace("\n", " ")) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        problem = getattr(e, "problem", None) or e
+        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(problem).split())}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{p}: invalid YAML: nested too deeply") from e
+    if data is None:
+        raise ConfigError(f"{p}: the config file holds no settings (to use every default, give no config file)")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     return data
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
-    """Defaults <- YAML file <- ``key=value`` overrides, type-checked into ``cls``."""
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+                check: Callable[[Any], None] | None = None):
+    """Defaults <- YAML file <- ``key=value`` overrides, type-checked into ``cls``, its numbers checked against
+    their ``LIMITS`` and then by ``check(cfg)`` when given; an error names the file or the command line as its
+    source (the file's values are checked first, on their own)."""
+    def checked(values: dict[str, Any]):
+        cfg = build(cls, values)
+        check_limits(cfg)
+        if check is not None:
+            check(cfg)
+        return cfg
+
     values: dict[str, Any] = read_yaml(path) if path else {}
     try:
-        build(cls, values)
+        checked(values)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     try:
-        return build(cls, deep_merge(values, parse_overrides(overrides or [])))
+        return checked(deep_merge(values, parse_overrides(overrides or [])))
     except ConfigError as e:
         raise ConfigError(f"command-line override: {e}") from None
 

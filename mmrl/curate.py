@@ -141,14 +141,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``mmrl curate caption_qa``: write the kept questions and print how many survived."""
-    from mmrl.config import ModelConfig
+    from mmrl.config import AT_LEAST_1, PROBABILITY, ModelConfig, check_options
     from mmrl.data import media_cache
     from mmrl.evaluate import generate_outputs
     from mmrl.models.load import load_policy, model_family, placeholder_ids
 
-    for name in ("questions", "rotations"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    check_options(args, {"questions": AT_LEAST_1, "rotations": AT_LEAST_1, "batch_size": AT_LEAST_1,
+                         "max_new_tokens": AT_LEAST_1, "with_image_min": PROBABILITY, "without_image_max": PROBABILITY})
+    for option, file in (("--out", args.out), ("--report", args.report)):
+        if file is not None and Path(file).is_dir():
+            raise ConfigError(f"{option} {file}: is a folder, expected a file to write")
     rows = load_images(args.data)
     if not rows:
         raise DataError(f"{args.data}: no records")

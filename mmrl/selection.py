@@ -5,7 +5,8 @@ every training item with the configured model and writes one JSON line per item:
 ``{"index", "id", "mean", "std", "rewards"}``. Items whose rewards never vary give GRPO no gradient (every
 advantage is 0); Temporal-R1 keeps the items whose reward variance across repeated inference is informative.
 ``--keep FILE [--min-std S]`` also writes the items with reward std above S as a dataset in the task's format
-(Temporal-R1's variance-aware selection as a filtered training set). The ``curriculum`` prompt sampler (``mmrl.algorithms.sampling``) reads such a file: it keeps the items with
+(Temporal-R1's variance-aware selection as a filtered training set; nothing when no item is above S: an empty data
+set cannot train). The ``curriculum`` prompt sampler (``mmrl.algorithms.sampling``) reads such a file: it keeps the items with
 ``std > min_std`` and draws them from easy (high mean reward) to hard, epoch after epoch.
 """
 from __future__ import annotations
@@ -66,7 +67,9 @@ def _select(cfg, task, data_cfg, k: int, output: Path, progress: bool, keep, min
     kept = informative(rows, min_std)
     print(f"wrote {len(rows)} items to {output}; {len(kept)} have reward std > {min_std} "
           f"(mean reward {sum(r['mean'] for r in rows) / max(len(rows), 1):.3f})")
-    if keep is not None:
+    if keep is not None and kept:
         task.export([train_set[i] for i in kept], Path(keep))
         print(f"wrote the {len(kept)} informative items to {keep}")
+    elif keep is not None:
+        print(f"no item has reward std > {min_std}: {keep} not written (an empty data set cannot train)")
     return rows

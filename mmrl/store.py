@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mmrl.errors import ConfigError
+from mmrl.errors import ConfigError, DataError
 from mmrl.types import Group
 
 
@@ -94,6 +95,38 @@ def claim_run_dir(root: str | Path, *, resume: bool, overwrite: bool, delete: bo
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+ROLLOUT_NAME = re.compile(r"^step_(\d{6})(\.jsonl)?$")
+"""A step's rollouts: ``rollouts/step_NNNNNN.jsonl`` and (diffusion) its images' folder ``rollouts/step_NNNNNN/``."""
+TEMPORARY_NAME = re.compile(r"^\..+\.tmp\d+$")
+"""The temporary files of ``atomic_write_text`` and ``RunDir.publish_media``: ``.NAME.tmpPID``."""
+
+
+def logged_upto(path: Path, step: int) -> str:
+    """The text of the ``.jsonl`` log ``path`` without the records of steps after ``step`` and without an
+    unfinished last line (no newline: its writer was killed mid-write). Any other line that is not a JSON object
+    is damage a kill cannot cause: ``DataError`` naming the file and line."""
+    text = path.read_text(encoding="utf-8")
+    keep = []
+    for number, line in enumerate(text.split("\n")[:-1], 1):  # what follows the last newline is unfinished
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not a JSON line ({e}); repair or delete the line to resume") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: a JSON object expected, got {type(record).__name__}")
+        if record.get("step", 0) <= step:
+            keep.append(line + "\n")
+    return "".join(keep)
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files (``TEMPORARY_NAME``) that a process killed before its ``os.replace`` left in
+    ``folder`` (they would stay for ever: the next writer's name holds another process id)."""
+    for path in folder.glob(".*.tmp*") if folder.is_dir() else []:
+        if TEMPORARY_NAME.match(path.name) and path.is_file():
+            path.unlink()
+
+
 def group_record(step: int, group: Group) -> dict[str, Any]:
     s = group.sample
     return {
@@ -128,13 +161,24 @@ class RunDir:
         if main:
             (self.root / "rollouts").mkdir(parents=True, exist_ok=True)
 
-    def truncate_metrics(self, last_step: int) -> None:
-        """Drop metric lines after ``last_step`` (written by a run that died after its last checkpoint)."""
-        path = self.root / "metrics.jsonl"
-        if not self.main or not path.exists():
+    def rewind(self, step: int, cold_start: bool = False) -> None:
+        """Forget what a killed run wrote after its checkpoint of ``step`` (0: none), so that the resumed run
+        writes every later step exactly once: later steps' lines of ``metrics.jsonl`` and a line the kill cut
+        short (``logged_upto``), their rollout files and folders, and the temporaries a kill left behind
+        (``remove_temporaries``) in the run directory, ``rollouts/`` and ``media/``. With ``cold_start`` (nothing
+        to resume: the cold start runs again) ``sft_metrics.jsonl`` goes too."""
+        if not self.main:
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= last_step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        for name, upto in (("metrics.jsonl", step), ("sft_metrics.jsonl", 0 if cold_start else None)):
+            path = self.root / name
+            if upto is not None and path.exists():
+                atomic_write_text(path, logged_upto(path, upto))
+        for path in (self.root / "rollouts").iterdir():
+            match = ROLLOUT_NAME.match(path.name)
+            if match and int(match[1]) > step:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for folder in (self.root, self.root / "rollouts", self.root / "media"):
+            remove_temporaries(folder)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """One line of ``metrics.jsonl`` and the same values, at the same step, to the experiment trackers."""
@@ -164,7 +208,7 @@ class RunDir:
 
     def publish_media(self, source: str) -> str | None:
         """``media/<digest>-<name>``, a hard link to (or, across file systems, a copy of) the file ``source``,
-        made once per run; the relative path, or ``None`` if ``source`` is not a readable file. The viewer serves
+        made once per run; the relative path, or ``None`` if ``source`` is not a readable file. The viewer reads
         only files inside the run directory, so the run keeps its own copy of what its rollouts showed."""
         if source not in self._media:
             self._media[source] = self._store_media(Path(source))

@@ -31,6 +31,8 @@ from mmrl import checkpoint
 from mmrl.algorithms import Algorithm, build_algorithm
 from mmrl.algorithms import sampling as sampling_lib
 from mmrl.algorithms.advantages import compute_advantages, group_stats
+from mmrl.algorithms.entropy import AdaptiveEntropy, entropy_bonus
+from mmrl.algorithms.kl import importance_weighted
 from mmrl.algorithms.losses import PolicyBatch, offpolicy_guidance, positive_lengths
 from mmrl.algorithms.token_weights import TokenBatch, number_token_ids
 from mmrl.config import GRPOConfig, TrainConfig, to_dict
@@ -107,7 +109,8 @@ def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig
         mine = prompts.draw(count)[rank::world]
         first = len(drawn)
         drawn.extend(mine)
-        draw = lambda batch, n, ids: sample_groups(policy, processor, batch, n, ids, media, rewards, **sampling)
+        draw = lambda batch, n, ids, **overrides: sample_groups(policy, processor, batch, n, ids, media, rewards,
+                                                                **{**sampling, **overrides})
         return algo.rollout(draw, [train_set[i] for i in mine], g.group_size, first)
 
     parts = [sample(g.prompts_per_step)]
@@ -128,10 +131,13 @@ def collect(policy, processor, prompts, train_set, media, rewards, g: GRPOConfig
 
 
 def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimizer, scheduler, accelerator,
-             ref_logps, number_ids: torch.Tensor, progress: float, guard: SkipGuard) -> dict:
+             ref_logps, number_ids: torch.Tensor, entropy_ctl: AdaptiveEntropy | None, progress: float,
+             guard: SkipGuard) -> dict:
     """``mu`` epochs over the step's rollouts; one optimizer step per epoch, gradients accumulated over
     micro-batches (aggregation uses batch-wide token/sequence counts, so accumulation is exact). ``progress`` (step
-    over steps) reaches losses with a schedule.
+    over steps) reaches losses with a schedule. With ``grpo.entropy_coef`` or ``adaptive_entropy`` (TRL's condition),
+    the entropy bonus is subtracted over the batch's token count (``entropy_ctl``, the adaptive coefficient, is
+    updated after each optimizer step with the epoch's mean entropy over all ranks).
 
     An epoch whose micro-batch losses or (pre-clip) gradient norm are not all finite on every rank is skipped
     (``guard.allow``): its gradients are zeroed, the optimizer does not step; epochs before it stay applied, later
@@ -143,14 +149,16 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
     group_mean = group_stats(ro.total, ro.group_ids)[0].float()
     positive_len = positive_lengths(ro.mask.sum(-1), ro.advantages, ro.group_ids)
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
+    bonus = g.entropy_coef != 0 or g.adaptive_entropy
     for _ in range(g.mu):
-        losses = []
+        losses, entropy_sum = [], 0.0
+        coef = entropy_ctl.applied() if entropy_ctl is not None else g.entropy_coef
         for k, chunk in enumerate(chunks):
             sl = chunk.rows
             mask = loss_mask[sl].to(device)
             sync = accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext()
             with sync:
-                stats = chunk.stats(model, ro.ids[sl], mask, g.temperature, entropy=algo.needs_entropy,
+                stats = chunk.stats(model, ro.ids[sl], mask, g.temperature, entropy=algo.needs_entropy or bonus,
                                     distributions=algo.needs_distributions)
                 logp = stats.logp
                 batch = PolicyBatch(
@@ -166,12 +174,17 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
                 tok_loss = policy_tok * algo.token_weight(TokenBatch(
                     ids=ro.ids[sl].to(device), mask=mask, group_ids=ro.group_ids[sl].to(device),
                     number_mask=torch.isin(ro.ids[sl], number_ids).to(device),
-                    entropy=stats.entropy, log_dist=stats.log_dist))
+                    entropy=stats.entropy.detach() if stats.entropy is not None else None, log_dist=stats.log_dist,
+                    log_ratio=(logp - batch.old_logp).detach(), advantages=batch.advantages))
                 if ref_logps is not None and g.kl_in == "loss":
                     kl = algo.kl(logp, ref_logps[k])
-                    tok_loss = tok_loss + g.beta * kl
+                    tok_loss = tok_loss + g.beta * importance_weighted(kl, logp, batch.old_logp, mask,
+                                                                       g.kl_importance_ratio)
                     totals["kl"] += float((kl.detach() * mask).sum()) / max(n_tokens, 1) / g.mu
                 loss = algo.aggregate(tok_loss, mask, n_tokens, n_seqs, g.max_new_tokens)
+                if bonus:
+                    loss = loss - entropy_bonus(stats.entropy, mask, coef, n_tokens)
+                    entropy_sum += float((stats.entropy.detach() * mask).sum())
                 accelerator.backward(loss)
             if terms.clipped is not None:
                 totals["clip_frac"] += float((terms.clipped.float() * mask).sum()) / max(n_tokens, 1) / g.mu
@@ -179,10 +192,19 @@ def optimise(model, ro: Rollouts, chunks, g: GRPOConfig, algo: Algorithm, optimi
         totals["loss"] += sum(losses) / g.mu
         norm = accelerator.clip_grad_norm_(model.parameters(), g.max_grad_norm if g.max_grad_norm > 0 else math.inf)
         totals["grad_norm"] += float(norm) / g.mu
+        if bonus:  # the epoch's mean token entropy over all ranks
+            window = accelerator.reduce(torch.tensor([entropy_sum, n_tokens], dtype=torch.float64, device=device),
+                                        "sum").tolist()
+            mean_entropy = window[0] / max(window[1], 1)
+            totals["entropy/mean"] = totals.get("entropy/mean", 0.0) + mean_entropy / g.mu
         if guard.allow([*losses, norm], accelerator):
             optimizer.step()
+            if entropy_ctl is not None:
+                entropy_ctl.update(mean_entropy)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+    if bonus:
+        totals["entropy/coef"] = entropy_ctl.coef if entropy_ctl is not None else g.entropy_coef
     return totals
 
 
@@ -208,6 +230,7 @@ def step_metrics(ro: Rollouts, sampled: int, opt: dict, accelerator, lr: float, 
     loss, kl, clip, dropped = accelerator.reduce(local, reduction="mean").tolist()
     metrics.update(loss=loss, kl=kl, clip_frac=clip, grad_norm=opt["grad_norm"], lr=lr,
                    placeholder_tokens_dropped=dropped, skipped_steps=float(skipped_steps), step_seconds=seconds)
+    metrics.update({k: v for k, v in opt.items() if k.startswith("entropy/")})  # over all ranks already
     return metrics
 
 
@@ -254,6 +277,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None,
     check_trackers(cfg.log_with)
     if cfg.grpo.ground_truth_slot and (cfg.grpo.rollout != "fixed" or cfg.grpo.group_size < 2):
         raise ConfigError("grpo.ground_truth_slot needs grpo.rollout=fixed and grpo.group_size >= 2")
+    if cfg.grpo.entropy_coef_min > cfg.grpo.entropy_coef_max:
+        raise ConfigError(f"grpo.entropy_coef_min={cfg.grpo.entropy_coef_min} must be at most "
+                          f"grpo.entropy_coef_max={cfg.grpo.entropy_coef_max}")
     with opened(cfg.task, cfg.data) as (task, data_cfg):
         return run_recipe(cfg, task, data_cfg, algo, on_step, trackers)
 
@@ -277,6 +303,8 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
                              cfg.reward_args)
     media = media_cache(cfg.model, family)
     resume_from = checkpoint.resume_point(run.root, accelerator) if cfg.resume else None
+    if cfg.resume:  # forget what a killed run wrote after its checkpoint; without one the cold start runs again
+        run.rewind(checkpoint.step_of(resume_from) if resume_from else 0, cold_start=resume_from is None)
     run.write_json("config.json", to_dict(cfg))
 
     # 1. Cold start and the "before" evaluation (skipped when resuming: both are on disk).
@@ -305,6 +333,8 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
     checkpoint.register(accelerator, scheduler)  # not prepared: accelerate would step it once per process
     prompts = algo.prompt_sampler(len(train_set), cfg.seed)
     guard = SkipGuard(g.max_consecutive_skips, "grpo", accelerator.is_main_process)
+    entropy_ctl = AdaptiveEntropy(g.entropy_coef, g.entropy_target, g.entropy_coef_delta, g.entropy_coef_min,
+                                  g.entropy_coef_max) if g.adaptive_entropy else None
     advantage_state: dict = {}
     start = 0
     if resume_from is not None:
@@ -312,7 +342,8 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
         start, advantage_state = state["step"], state["advantage_state"]
         prompts.load_state_dict(state["prompt_sampler"])
         guard.skipped = state["skipped_steps"]
-        run.truncate_metrics(start)
+        if entropy_ctl is not None and state.get("entropy_control"):
+            entropy_ctl.load_state_dict(state["entropy_control"])
 
     # 3. The RL loop.
     model.train()
@@ -332,9 +363,9 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
                 g, algo)
         weights = {**{name: w for name, (_, w) in rewards.items()}, "kl_penalty": g.beta}
         ro.advantages = compute_advantages(components, weights, ro.group_ids, algo.advantage, g.reward_combine,
-                                           advantage_state).float()
+                                           advantage_state, lengths=ro.mask.sum(-1), keep=ro.keep).float()
         sampled = len(ro)
-        if ro.keep is not None:  # Reinforce-Ada: train on the chosen groups, after all samples set the baseline
+        if ro.keep is not None:  # Reinforce-Ada, ReMax: train on the chosen rows, after all samples set the baseline
             rows = ro.keep.nonzero().flatten()
             ro = ro.subset(rows[torch.argsort(ro.group_ids[rows], stable=True)])  # groups contiguous again
         chunks = ro.chunks(processor, media, g.micro_batch_size, accelerator.device, shared)
@@ -342,7 +373,7 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
         if (g.beta > 0 and g.kl_in == "loss") or algo.needs_reference:
             ref_logps = reference_logprobs(policy, ref_model, ro, chunks, g.temperature)
         opt = optimise(model, ro, chunks, g, algo, optimizer, scheduler, accelerator, ref_logps, number_ids,
-                       step / g.steps, guard)
+                       entropy_ctl, step / g.steps, guard)
         skipped = guard.end_step(step + 1)
         metrics = step_metrics(ro, sampled, opt, accelerator, scheduler.get_last_lr()[0], time.perf_counter() - t0,
                                guard.skipped)
@@ -356,7 +387,8 @@ def run_recipe(cfg: TrainConfig, task: Task, data_cfg, algo: Algorithm, on_step:
         # No checkpoint after a skipped step: its trainer state may hold the fault (e.g. a NaN in BNPO's statistics).
         if not skipped and ((step + 1) % cfg.save_every == 0 or step + 1 == g.steps):
             trainer_state = {"step": step + 1, "advantage_state": advantage_state,
-                             "prompt_sampler": prompts.state_dict(), "skipped_steps": guard.skipped}
+                             "prompt_sampler": prompts.state_dict(), "skipped_steps": guard.skipped,
+                             "entropy_control": entropy_ctl.state_dict() if entropy_ctl is not None else None}
             checkpoint.save(run.root, step + 1, trainer_state, accelerator, keep=cfg.keep_checkpoints)
         if on_step is not None:
             on_step(step + 1)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
-
 
 
 def write_v1(folder, records, image_name="a.png", image=True):
@@ -95,3 +95,14 @@ def test_overwrite_deletes_only_the_runs_files(tmp_path):
 def test_demo_on_a_missing_run_directory(tmp_path, cli_error):
     err = cli_error(["demo", str(tmp_path / "nope")])
     assert err == f"mmrl: error: run directory not found: {tmp_path / 'nope'}"
+
+
+def test_overrides_may_follow_options():
+    """``mmrl train TASK --config C key=value``: argparse ends the positional overrides at ``--config``; the ones
+    after it are still overrides, and an unknown option is still an error."""
+    from mmrl.cli import parse_args
+
+    args = parse_args(["train", "gui_grounding", "grpo.lr=1", "--config", "c.yaml", "grpo.mu=2", "seed=3"])
+    assert args.config == "c.yaml" and args.overrides == ["grpo.lr=1", "grpo.mu=2", "seed=3"]
+    with pytest.raises(SystemExit):
+        parse_args(["train", "gui_grounding", "--config", "c.yaml", "--bogus"])

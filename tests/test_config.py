@@ -190,8 +190,12 @@ def test_yaml_top_level_must_be_a_mapping(tmp_path):
         read_yaml(write(tmp_path, "- 1\n- 2\n", name="list.yaml"))
 
 
-def test_empty_yaml_is_the_defaults(tmp_path):
-    assert load_config(TrainConfig, write(tmp_path, "")) == TrainConfig()
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_yaml_config_is_refused(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="holds no settings") as e:
+        load_config(TrainConfig, path)
+    assert str(e.value).startswith(str(path))
 
 
 def test_load_config_prefixes_the_file_name_to_key_errors(tmp_path):

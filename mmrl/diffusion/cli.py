@@ -3,7 +3,6 @@ steer`` (FK steering)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from mmrl.errors import ConfigError
@@ -35,11 +34,13 @@ def cmd_train(args) -> None:
 
 
 def cmd_sample(args) -> None:
+    from mmrl.config import AT_LEAST_0, AT_LEAST_1, check_options
     from mmrl.diffusion.artifacts import apply_trained
     from mmrl.diffusion.config import DiffusionLoraConfig, DiffusionModelConfig
     from mmrl.diffusion.pipeline import load_policy
     from mmrl.diffusion.sample import write_samples
 
+    check_options(args, {"n": AT_LEAST_1, "steps": AT_LEAST_1, "resolution": AT_LEAST_1, "guidance": AT_LEAST_0})
     if args.run:
         model_cfg = run_model_config(args.run)
     else:
@@ -86,14 +87,25 @@ def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_model_config(run: str):
-    """The model settings of a diffusion run directory (its ``config.json``)."""
-    from mmrl.config import build
+    """The model settings of a diffusion run directory (its ``config.json``); ``ConfigError`` or ``DataError`` naming
+    the folder or the file when it is not a run directory or its ``model`` section is missing or invalid."""
+    from mmrl.config import build, check_limits
     from mmrl.diffusion.config import DiffusionModelConfig
+    from mmrl.eval.records import read_json
 
     config_file = Path(run) / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"--run {run}: no config.json (not a diffusion run directory)")
-    return build(DiffusionModelConfig, json.loads(config_file.read_text())["model"], prefix="model.")
+    if not Path(run).is_dir() or not config_file.exists():
+        raise ConfigError(f"{config_file}: not found (--run {run} is not a diffusion run directory)")
+    saved = read_json(config_file)
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(model, dict):
+        raise ConfigError(f"{config_file}: no 'model' section (a mapping of the pipeline's settings)")
+    try:
+        cfg = build(DiffusionModelConfig, model, prefix="model.")
+        check_limits(cfg, "model.")
+    except ConfigError as e:
+        raise ConfigError(f"{config_file}: {e}") from None
+    return cfg
 
 
 STEER_FLAGS = {"particles": "particles", "potential": "potential", "lmbda": "lmbda", "steps": "steps",
@@ -115,7 +127,7 @@ def steer_config(args):
     if args.model:
         overrides.append(f"model.path={args.model}")
     overrides.append("model.lora.enabled=false")  # sampling only (a --run's own model settings replace these)
-    cfg = load_config(DiffusionConfig, args.config, overrides)
+    cfg = load_config(DiffusionConfig, args.config, overrides, check=lambda c: check_steer_config(c.steer))
     if args.run:
         cfg.model = run_model_config(args.run)
     if args.resolution:
@@ -127,7 +139,6 @@ def steer_config(args):
         raise ConfigError("--reward-arg needs --reward NAME")
     if not cfg.steer.rewards:
         cfg.steer.rewards = cfg.rewards
-    check_steer_config(cfg.steer)
     return cfg
 
 

@@ -3,17 +3,22 @@
 Each algorithm reads the shared sections (model, prompts, rewards, sampling, optim, and ``ppo`` for DDPO and
 Flow-GRPO) and its own settings, ``algorithm_args``, which are checked against the config dataclass the algorithm
 registered in ``mmrl.plugins.DIFFUSION_ALGORITHMS`` (``mmrl.diffusion.algorithms``; ``mmrl list`` shows the keys).
+Numbers are checked against the ``LIMITS`` of their dataclass (``mmrl.config.check_limits``); the ``steer`` section's
+are checked by ``mmrl.diffusion.steering.check_steer_config``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmrl.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Limit
 from mmrl.errors import ConfigError
 
 
 @dataclass
 class DiffusionLoraConfig:
+    LIMITS = {"r": AT_LEAST_1, "alpha": POSITIVE}
+
     enabled: bool = True
     """Train LoRA adapters on the denoiser (peft) instead of all its weights; the reference model for KL and
     regularisers is then the same denoiser with adapters disabled (no second copy in memory)."""
@@ -27,6 +32,9 @@ class DiffusionLoraConfig:
 
 @dataclass
 class DiffusionModelConfig:
+    LIMITS = {"tiny_pretrain_steps": AT_LEAST_0, "tiny_vae_steps": AT_LEAST_0,
+              "resolution": AT_LEAST_1, "max_sequence_length": AT_LEAST_1}
+
     path: str = "tiny-sd"
     """A diffusers pipeline folder or hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5,
     stabilityai/stable-diffusion-3.5-medium), or ``tiny-sd`` / ``tiny-sd3`` to build (once, cached) a tiny local
@@ -80,6 +88,9 @@ class RewardSpec:
 
 @dataclass
 class SamplingConfig:
+    LIMITS = {"steps": AT_LEAST_1, "eval_steps": AT_LEAST_1, "guidance_scale": AT_LEAST_0,
+              "eta": AT_LEAST_0, "noise_level": AT_LEAST_0}
+
     steps: int = 10
     """Denoising steps of the training rollouts."""
     eval_steps: int = 40
@@ -114,6 +125,12 @@ class SamplingConfig:
 
 @dataclass
 class OptimConfig:
+    LIMITS = {
+        "steps": AT_LEAST_0, "prompts_per_step": AT_LEAST_1, "images_per_prompt": AT_LEAST_1,
+        "micro_batch_size": AT_LEAST_1, "lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "max_grad_norm": AT_LEAST_0,
+        "max_consecutive_skips": AT_LEAST_0,
+    }
+
     steps: int = 40
     """Training steps (each: sample a batch of images, score it, update)."""
     prompts_per_step: int = 4
@@ -136,6 +153,9 @@ class OptimConfig:
 
 @dataclass
 class PPOConfig:
+    LIMITS = {"mu": AT_LEAST_1, "clip_range": POSITIVE, "adv_clip_max": POSITIVE,
+              "timestep_fraction": Limit(0, 1, open_low=True)}
+
     mu: int = 1
     """Inner optimisation epochs over each step's rollouts."""
     clip_range: float = 1e-4
@@ -178,6 +198,9 @@ class SteerConfig:
 
 @dataclass
 class DiffusionConfig:
+    LIMITS = {"seed": AT_LEAST_0, "save_every": AT_LEAST_1, "keep_checkpoints": AT_LEAST_1,
+              "log_images_per_step": AT_LEAST_0}
+
     algorithm: str = "ddpo"
     """A name of ``mmrl.plugins.DIFFUSION_ALGORITHMS``: alignprop, ddpo, flow_grpo, awm, or a plugin's."""
     output_dir: str = "runs/diffusion"

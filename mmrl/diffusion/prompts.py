@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from mmrl.errors import DataError
+from mmrl.errors import DataError, read_text
 
 
 def read_prompt_file(path: str | Path) -> list[dict]:
@@ -14,9 +14,7 @@ def read_prompt_file(path: str | Path) -> list[dict]:
     ``prompt`` field (GenEval's ``evaluation_metadata.jsonl`` as is; other fields are kept), any other file one
     prompt per non-empty line. Errors name the file and line."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"prompt file not found: {p}")
-    lines = p.read_text(encoding="utf-8").splitlines()
+    lines = read_text(p, "prompt").splitlines()
     if p.suffix != ".jsonl":
         records = [{"prompt": line.strip()} for line in lines if line.strip()]
     else:
@@ -31,6 +29,8 @@ def _json_record(path: Path, lineno: int, line: str) -> dict:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; brackets nested thousands deep
+        raise DataError(f"{path}:{lineno}: malformed JSON ({' '.join(str(e).split())[:120]})") from None
     if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
         raise DataError(f"{path}:{lineno}: expected an object with a string 'prompt' field")
     return record

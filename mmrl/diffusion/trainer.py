@@ -157,7 +157,8 @@ def train(cfg: DiffusionConfig, on_step: Callable[[int], None] | None = None,
         start = state["step"]
         algorithm.load_state_dict(state["algorithm"])
         guard.skipped = state["skipped_steps"]
-        run.truncate_metrics(start)
+    if cfg.resume:  # forget what a killed run wrote after its checkpoint
+        run.rewind(start)
     run.write_json("config.json", to_dict(cfg))
 
     # 3. The loop.

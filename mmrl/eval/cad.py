@@ -23,7 +23,7 @@ from typing import Any
 
 from mmrl.errors import DataError
 from mmrl.eval import predictions
-from mmrl.eval.records import bad_field, get_id, get_str, id_rows
+from mmrl.eval.records import bad_field, existing_file, get_id, get_str, id_rows
 from mmrl.task import opened, task_for_benchmark
 
 KEYS = ("executable", "iou", "chamfer_mean", "chamfer_median", "n", "missing", "unmatched")
@@ -48,10 +48,7 @@ def load_cad(path: str | Path) -> list[CadRecord]:
         images = raw.get("images", [])
         if not (isinstance(images, list) and all(isinstance(i, str) for i in images)):
             raise bad_field(where, "images", "a list of image paths", images)
-        resolved = [str(path.parent / i) for i in images]
-        for image in resolved:
-            if not Path(image).is_file():
-                raise DataError(f"{where}: image not found: {image}")
+        resolved = [str(existing_file(path.parent / i, "images", where)) for i in images]
         records.append(CadRecord(rid, get_str(raw, "description", where), get_str(raw, "code", where),
                                  resolved))
     return records
@@ -111,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``mmrl eval cad``: score, print the table, write ``--output`` and ``--per-sample``, return 0."""
+    from mmrl.config import AT_LEAST_1, check_options
+
+    check_options(args, {"workers": AT_LEAST_1, "batch_size": AT_LEAST_1, "max_new_tokens": AT_LEAST_1})
     records = load_cad(args.data)
     if not records:
         raise DataError(f"{args.data}: no records")

@@ -34,6 +34,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mmrl import hf_data
 from mmrl.errors import DataError
 from mmrl.eval import predictions
 from mmrl.eval.detection_format import check_image, load_coco, load_rec
@@ -112,8 +113,13 @@ def format_table(result: Mapping[str, Any]) -> str:
     return "\n".join([f"({result['coords']} coords)", *lines])
 
 
-def _load(benchmark: str, data: str, images: str | None) -> tuple[Any, list[int]]:
-    """The benchmark's records and their prediction ids; ``DataError`` for an empty file."""
+def _load(benchmark: str, args: argparse.Namespace) -> tuple[Any, list[int]]:
+    """The benchmark's records of ``--data`` (its file, or a ``datasets`` source: ``mmrl.hf_data.cli_source``)
+    and their prediction ids; ``DataError`` for an empty file."""
+    data, images = args.data, args.images
+    found = hf_data.cli_records("detection" if benchmark == "coco" else "rec", args)
+    if found is not None:
+        return found, [r.id for r in (found[0] if benchmark == "coco" else found)]
     if benchmark == "coco":
         found, categories = load_coco(data, images)
         if not found:
@@ -135,7 +141,7 @@ def _check_images(benchmark: str, records: Any) -> None:
 
 def evaluate(benchmark: str, args: argparse.Namespace) -> dict[str, Any]:
     """The result dict of ``mmrl eval detection`` (``benchmark="coco"``) or ``mmrl eval rec`` (``"rec"``)."""
-    records, ids = _load(benchmark, args.data, args.images)
+    records, ids = _load(benchmark, args)
     if args.model is not None:
         from mmrl.config import ModelConfig
         from mmrl.eval.generate import benchmark_outputs
@@ -159,7 +165,9 @@ def evaluate(benchmark: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_arguments(parser: argparse.ArgumentParser, data_help: str, images_help: str, id_help: str,
                    max_new_tokens: int) -> None:
-    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--data", required=True, help=f"{data_help}, or a Hugging Face dataset (hf:HUB_ID_OR_PATH, "
+                                                      ".parquet/.arrow, save_to_disk folder)")
+    hf_data.add_cli_arguments(parser)
     parser.add_argument("--images", help=images_help)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help=f'JSONL of {{"id": {id_help}, "output": raw model text}}')

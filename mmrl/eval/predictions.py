@@ -25,14 +25,16 @@ def _check(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def read_predictions(path: str | Path, key: Callable[[dict[str, Any], str], K]) -> dict[K, str]:
     """``{key(row, where): output}`` over the non-blank lines of ``path``; ``key`` checks the row's id fields and
-    raises ``DataError`` naming ``where`` (``PATH:LINE``). A missing or unreadable file, a malformed line and a
-    repeated key are ``DataError``s naming the file and 1-based line."""
+    raises ``DataError`` naming ``where`` (``PATH:LINE``). A missing, unreadable or empty file, a malformed line and
+    a repeated key are ``DataError``s naming the file (and the 1-based line)."""
     outputs: dict[K, str] = {}
     for where, row in json_rows(path, "predictions"):
         k = key(_check(row, where), where)
         if k in outputs:
             raise DataError(f"{where}: duplicate id {k!r}")
         outputs[k] = row["output"]
+    if not outputs:
+        raise DataError(f"{path}: no prediction rows (an empty file)")
     return outputs
 
 

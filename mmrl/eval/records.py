@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from mmrl.errors import DataError
+from mmrl.errors import DataError, read_text
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
@@ -19,7 +19,13 @@ def short_repr(value: Any, limit: int = 60) -> str:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool); an int too large for a float (JSON allows 400 digits) is not one."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def get_field(raw: dict[str, Any], key: str, where: str) -> Any:
@@ -49,8 +55,17 @@ def get_id(raw: dict[str, Any], where: str) -> str:
 
 def get_file(raw: dict[str, Any], key: str, base: Path, where: str) -> Path:
     """The path in ``raw[key]`` relative to the folder ``base``; ``DataError`` if that file does not exist."""
-    path = base / get_str(raw, key, where)
-    if not path.is_file():
+    return existing_file(base / get_str(raw, key, where), key, where)
+
+
+def existing_file(path: Path, key: str, where: str) -> Path:
+    """``path`` (the image that field ``key`` of the record at ``where`` names) if it is a file; ``DataError``
+    naming ``where`` if it is not, or if the file system rejects the name (e.g. longer than it allows)."""
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        raise bad_field(where, key, "a usable file path", exc.strerror) from exc
+    if not found:
         raise DataError(f"{where}: image not found: {path}")
     return path
 
@@ -63,16 +78,26 @@ def get_numbers(raw: dict[str, Any], key: str, where: str, count: int) -> list[f
 
 
 def read_json(path: Path) -> Any:
-    """The JSON value in ``path``; ``DataError`` if it is missing, unreadable or invalid."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    """The JSON value in ``path``; ``DataError`` if it is missing, unreadable, empty or invalid."""
+    text = read_text(path, "JSON")
+    if not text.strip():
+        raise DataError(f"{path}: empty file (expected JSON)")
+    return parse_json(text, str(path), whole_file=True)
+
+
+def parse_json(text: str, where: str, whole_file: bool = False) -> Any:
+    """The JSON value of ``text``; ``DataError`` naming ``where`` (with a ``whole_file``, also the line and column
+    of a syntax error) when it is invalid, nested too deeply for Python's parser or holds an integer too long to
+    convert."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    return data
+        at = f" at line {exc.lineno} column {exc.colno}" if whole_file else ""
+        raise DataError(f"{where}: invalid JSON{at}: {exc.msg}") from exc
+    except RecursionError as exc:  # brackets nested thousands deep
+        raise DataError(f"{where}: invalid JSON: nested too deeply") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits, which Python refuses to convert
+        raise DataError(f"{where}: invalid JSON: {str(exc).split(':')[0]}") from exc
 
 
 def read_json_array(path: Path) -> list[Any]:
@@ -99,10 +124,7 @@ def image_size(path: str, where: str) -> tuple[int, int]:
 def json_object(line: str, where: str) -> dict[str, Any]:
     """The JSON object on one line; ``DataError`` naming ``where`` (``PATH:LINE``) if it is invalid JSON or not an
     object."""
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
+    value = parse_json(line, where)
     if not isinstance(value, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(value).__name__}")
     return value
@@ -132,11 +154,5 @@ def id_rows(path: Path, what: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
 
 def read_lines(path: str | Path, what: str) -> list[str]:
     """The lines of a UTF-8 text file, split at ``\\n`` only (so numbers match an editor's); ``DataError`` naming
-    the file (``what``: "annotation", "predictions", ...) if it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file not found: {path}")
-    try:
-        return path.read_text(encoding="utf-8-sig").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {' '.join(str(exc).split())}") from exc
+    the file (``what``: "annotation", "predictions", ...) if it is missing, a folder, unreadable or not UTF-8."""
+    return read_text(path, what).split("\n")

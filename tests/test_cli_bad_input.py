@@ -5,7 +5,7 @@ process and expects exit status 2 and ONE stderr line ``mmrl: error: ...`` that 
 field where the fault is one), never a traceback. The faults:
 
 * ``missing``, ``empty`` (0 bytes), ``directory`` (a folder where a file is expected), ``unreadable`` (mode 000;
-  skipped as root, who reads anything), ``invalid_utf8`` (a byte that is not UTF-8 in the middle): every file;
+  as root, who reads such a file, a symlink to itself, which nobody can open), ``invalid_utf8`` (a byte that is not UTF-8 in the middle): every file;
 * ``malformed`` (a syntax error: truncated JSON or JSON lines, bad YAML, a Charades line without ``##``),
   ``wrong_type`` (a value of another type), ``unknown_key`` and ``out_of_range`` (a number outside its valid range):
   where the format has them. Data records ignore unknown keys by design (ScreenSpot-Pro and COCO files carry extra
@@ -248,6 +248,8 @@ def write_fault(tmp: Path, spec: Input, fault: str) -> tuple[Path, str]:
         path.write_text("")
     elif fault == "directory":
         path.mkdir()
+    elif fault == "unreadable" and os.geteuid() == 0:  # root reads a file of mode 000, but nobody can open a
+        path.symlink_to(path.name)                      # symlink to itself (ELOOP)
     elif fault == "unreadable":
         path.write_text(spec.valid)
         path.chmod(0)
@@ -267,8 +269,6 @@ ROWS = [pytest.param(spec, fault, id=f"{spec.command}-{fault}")
 
 @pytest.mark.parametrize("spec, fault", ROWS)
 def test_bad_input(spec, fault, tmp_path, cli_error):
-    if fault == "unreadable" and os.geteuid() == 0:
-        pytest.skip("running as root (os.geteuid() == 0): root reads a file of mode 000, so it is not unreadable")
     path, named = write_fault(tmp_path, spec, fault)
     err = cli_error(spec.argv(tmp_path, path))
     assert err.startswith("mmrl: error: ") and "Traceback" not in err

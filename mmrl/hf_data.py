@@ -45,7 +45,7 @@ from mmrl.eval.cad import CadRecord
 from mmrl.eval.caption_qa import CaptionRecord
 from mmrl.eval.charades import CharadesRecord
 from mmrl.eval.detection_format import DetectionRecord, RecRecord
-from mmrl.eval.records import is_number, short_repr
+from mmrl.eval.records import image_size, is_number, short_repr, xyxy_box
 from mmrl.eval.screenspot_format import UI_TYPES, GroundingRecord
 from mmrl.typed import build
 from rewards.caption_qa import mcq_from_dict
@@ -212,9 +212,8 @@ class Table:
         """A ``box_format`` box as ``[x1, y1, x2, y2]``."""
         if not (isinstance(value, list) and len(value) == 4 and all(is_number(v) for v in value)):
             raise self.bad(row, name, f"a list of 4 finite numbers ({self.box_format})", value)
-        a, b, c, d = (float(v) for v in value)
-        box = [a, b, a + c, b + d] if self.box_format == "xywh" else [a, b, c, d]
-        if box[2] < box[0] or box[3] < box[1]:
+        box = xyxy_box([float(v) for v in value], self.box_format == "xywh")
+        if box is None:
             raise self.bad(row, name, f"a {self.box_format} box with a non-negative width and height", value)
         return box
 
@@ -231,7 +230,7 @@ class Table:
             file = self.media_dir / path
             if not file.is_file():
                 raise DataError(f"{self.where(row, name)}: image not found: {file}")
-            return str(file), _size(file, self.where(row, name))
+            return str(file), image_size(str(file), self.where(row, name))
         size, ext = _header(data, self.where(row, name))
         stem = str(row) if index is None else f"{row}-{index}"
         file = self.cache / self.columns[name].replace("/", "_") / f"{stem}.{ext}"
@@ -262,14 +261,6 @@ def _header(data: bytes, where: str) -> tuple[tuple[int, int], str]:
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{where}: cannot decode the image ({' '.join(str(exc).split()) or type(exc).__name__})") \
             from None
-
-
-def _size(path: Path, where: str) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{where}: cannot read image {path}: {' '.join(str(exc).split())}") from None
 
 
 def _preset(source: HFSource, task: str) -> Preset | None:

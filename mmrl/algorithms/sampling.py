@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from mmrl.data import indices_at
-from mmrl.errors import DataError, read_text
-from mmrl.eval.records import parse_json
+from mmrl.errors import DataError
+from mmrl.eval.records import json_rows
 from mmrl.plugins import PROMPT_SAMPLERS, ROLLOUTS
 from mmrl.rollout.groups import concat
 
@@ -223,12 +223,11 @@ def easy_to_hard(stats: list[dict], positions: list[int]) -> list[int]:
 def read_statistics(path: str | Path) -> list[dict]:
     """Rows of an ``mmrl select`` output file, in item order; malformed lines name the file and line."""
     rows = []
-    for n, line in enumerate(read_text(Path(path), "selection statistics").splitlines(), 1):
-        row = parse_json(line, f"{path}:{n}")
+    for where, row in json_rows(path, "selection statistics"):
         try:
             rows.append({"index": int(row["index"]), "mean": float(row["mean"]), "std": float(row["std"])})
         except (ValueError, KeyError, TypeError, OverflowError) as e:
-            raise DataError(f"{path}:{n}: not a selection row ({type(e).__name__}: {e})") from None
+            raise DataError(f"{where}: not a selection row ({type(e).__name__}: {e})") from None
     return sorted(rows, key=lambda r: r["index"])
 
 

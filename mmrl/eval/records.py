@@ -77,6 +77,14 @@ def get_numbers(raw: dict[str, Any], key: str, where: str, count: int) -> list[f
     return [float(v) for v in value]
 
 
+def xyxy_box(values: list[float], xywh: bool) -> list[float] | None:
+    """``[x1, y1, x2, y2]`` from four numbers in that layout or, with ``xywh``, as ``[x, y, w, h]``; ``None`` when
+    the box would have a negative width or height."""
+    a, b, c, d = values
+    box = [a, b, a + c, b + d] if xywh else [a, b, c, d]
+    return None if box[2] < box[0] or box[3] < box[1] else box
+
+
 def read_json(path: Path) -> Any:
     """The JSON value in ``path``; ``DataError`` if it is missing, unreadable, empty or invalid."""
     text = read_text(path, "JSON")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.errors import DataError
-from mmrl.eval.records import bad_field, get_field, get_numbers, get_str, read_json_array
+from mmrl.eval.records import bad_field, get_field, get_numbers, get_str, read_json_array, xyxy_box
 
 SPLITS = ("mobile", "desktop", "web")
 UI_TYPES = ("text", "icon")
@@ -78,9 +78,8 @@ def _get_choice(raw: dict[str, Any], key: str, where: str, choices: tuple[str, .
 
 def _get_box(raw: dict[str, Any], where: str, xywh: bool) -> list[float]:
     """``bbox`` as ``[x1, y1, x2, y2]``, converted from ``[x, y, w, h]`` when ``xywh``."""
-    a, b, c, d = get_numbers(raw, "bbox", where, 4)
-    box = [a, b, a + c, b + d] if xywh else [a, b, c, d]
-    if box[2] < box[0] or box[3] < box[1]:
+    box = xyxy_box(get_numbers(raw, "bbox", where, 4), xywh)
+    if box is None:
         layout = "[x, y, w, h] with w, h >= 0" if xywh else "[x1, y1, x2, y2] with x1 <= x2, y1 <= y2"
         raise bad_field(where, "bbox", layout, raw["bbox"])
     return box

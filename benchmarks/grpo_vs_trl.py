@@ -12,7 +12,8 @@ group-normalised advantages, fp32 on CPU, gradient checkpointing off (``--checkp
 the table gives the median step time over steps 2..N, completion tokens per second, the peak resident
 memory of that process, and the mmrl/TRL ratios, plus a FLOP floor: the model FLOPs of the tokens a step must
 process (each prompt once, each completion once; 2 FLOPs per parameter per token forward, 4 backward),
-over a measured fp32 matmul rate.
+over a measured fp32 matmul rate; and the FLOPs each side's method runs (TRL: each completion with its own copy
+of the prompt), whose ratio is the speed-up that equal efficiency per FLOP would give.
 
 Workloads: grounding-shaped = 448x448 screenshots, G = 8, 4 prompts, 24 new tokens; reasoning-shaped = 224x224,
 256 new tokens. ``--vocab qwen`` builds the checkpoint around Qwen's real 151,669-token tokenizer (``make-tiny
@@ -127,13 +128,15 @@ def matmul_flops_per_second() -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - start)
 
 
-def floor_seconds(work: Path, side: int, completion_tokens: float, flops_per_second: float) -> float:
-    """FLOPs a step must spend over the matmul rate: each prompt once and each completion token once through
-    generation (forward), the reference (forward) and the policy (forward + backward): 2 + 2 + 6 = 10 FLOPs per
-    parameter per token. Vision parameters see the (side/14)^2 patches; the text body (embeddings and output
-    head excluded) sees the (side/28)^2 merged image tokens plus ~20 prompt text tokens, and the completion
+def step_flops(work: Path, side: int, completion_tokens: float, prompt_runs: int) -> float:
+    """Parameter FLOPs of a step that runs each prompt ``prompt_runs`` times and each completion token once
+    through generation (forward), the reference (forward) and the policy (forward + backward): 2 + 2 + 6 = 10
+    FLOPs per parameter per token. Vision parameters see the (side/14)^2 patches; the text body (embeddings and
+    output head excluded) sees the (side/28)^2 merged image tokens plus ~20 prompt text tokens, and the completion
     tokens; the output head sees only the completion tokens (no logits are needed for prompt positions).
-    Attention-score FLOPs are left out (small at these lengths), so this is a lower bound."""
+    Attention-score FLOPs are left out (small at these lengths). With ``prompt_runs`` = the number of prompts
+    (each prompt once, as the shared prefix runs it) this is the floor of any implementation; TRL runs each
+    completion's prompt with it (prompts x G)."""
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(work / "model")
@@ -142,8 +145,7 @@ def floor_seconds(work: Path, side: int, completion_tokens: float, flops_per_sec
     head = model.get_output_embeddings().weight.numel()
     body = count(lambda n: "visual" not in n and "embed_tokens" not in n and "lm_head" not in n)
     prompt_tokens = (side // 28) ** 2 + 20
-    flops = 10 * (PROMPTS * (vision * (side // 14) ** 2 + body * prompt_tokens) + (body + head) * completion_tokens)
-    return flops / flops_per_second
+    return 10 * (prompt_runs * (vision * (side // 14) ** 2 + body * prompt_tokens) + (body + head) * completion_tokens)
 
 
 def compare(name: str, steps: int, vocab: str, before: dict[str, str], checkpointing: bool) -> None:
@@ -169,24 +171,26 @@ def compare(name: str, steps: int, vocab: str, before: dict[str, str], checkpoin
             tok = statistics.median(r["completion_tokens"][1:])
             rows[side] = (step, tok / step, r["peak_mib"], tok)
         rate = matmul_flops_per_second()
-        floors = {side: floor_seconds(work, spec["side"], row[3], rate) for side, row in rows.items()}
+        floors = {side: step_flops(work, spec["side"], row[3], PROMPTS) / rate for side, row in rows.items()}
+        runs = {side: PROMPTS * GROUP if side == "trl" else PROMPTS for side in rows}
+        flops = {side: step_flops(work, spec["side"], row[3], runs[side]) for side, row in rows.items()}
     print(f"\n### {name}: {spec['side']}x{spec['side']}, {PROMPTS} prompts x G={GROUP}, {spec['new_tokens']} new "
           f"tokens, mu=1, beta={BETA}, {vocab} vocabulary, gradient checkpointing {'on' if checkpointing else 'off'}; "
           f"median of steps 2..{steps}\n")
     print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s\n")
     print("| run | step (s) | completion tokens/step | completion tokens/s | peak RSS (MiB) | FLOP floor (s) "
-          "| floor / step |")
-    print("|---|---|---|---|---|---|---|")
+          "| floor / step | step GFLOP (as run) |")
+    print("|---|---|---|---|---|---|---|---|")
     for side, (step, tps, mem, tok) in rows.items():
         print(f"| {side} | {step:.2f} | {tok:.0f} | {tps:.1f} | {mem:.0f} | {floors[side]:.3f} "
-              f"| {floors[side] / step:.1%} |")
+              f"| {floors[side] / step:.1%} | {flops[side] / 1e9:.0f} |")
     m, t = rows["mmrl"], rows["trl"]
     print(f"| mmrl/TRL | {m[0] / t[0]:.3f} (throughput {t[0] / m[0]:.1f}x) | | {m[1] / t[1]:.1f}x | {m[2] / t[2]:.2f} "
-          "| | |")
+          f"| | | TRL runs {flops['trl'] / flops['mmrl']:.2f}x the FLOPs |")
     for label in before:
         b = rows[f"mmrl {label}"]
         print(f"| mmrl/mmrl {label} | {m[0] / b[0]:.3f} (throughput {b[0] / m[0]:.1f}x) | | {m[1] / b[1]:.1f}x "
-              f"| {m[2] / b[2]:.2f} | | |")
+              f"| {m[2] / b[2]:.2f} | | | |")
 
 
 def main() -> None:

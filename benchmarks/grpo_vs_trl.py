@@ -128,7 +128,18 @@ def matmul_flops_per_second() -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - start)
 
 
-def step_flops(work: Path, side: int, completion_tokens: float, prompt_runs: int) -> float:
+def parameter_counts(work: Path) -> tuple[int, int, int]:
+    """Parameters of the workload's checkpoint: the vision tower, the text body (embeddings and output head
+    excluded), the output head."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(work / "model")
+    count = lambda keep: sum(p.numel() for n, p in model.named_parameters() if keep(n))  # noqa: E731
+    body = count(lambda n: "visual" not in n and "embed_tokens" not in n and "lm_head" not in n)
+    return count(lambda n: "visual" in n), body, model.get_output_embeddings().weight.numel()
+
+
+def step_flops(params: tuple[int, int, int], side: int, completion_tokens: float, prompt_runs: int) -> float:
     """Parameter FLOPs of a step that runs each prompt ``prompt_runs`` times and each completion token once
     through generation (forward), the reference (forward) and the policy (forward + backward): 2 + 2 + 6 = 10
     FLOPs per parameter per token. Vision parameters see the (side/14)^2 patches; the text body (embeddings and
@@ -136,14 +147,8 @@ def step_flops(work: Path, side: int, completion_tokens: float, prompt_runs: int
     tokens; the output head sees only the completion tokens (no logits are needed for prompt positions).
     Attention-score FLOPs are left out (small at these lengths). With ``prompt_runs`` = the number of prompts
     (each prompt once, as the shared prefix runs it) this is the floor of any implementation; TRL runs each
-    completion's prompt with it (prompts x G)."""
-    from transformers import AutoModelForImageTextToText
-
-    model = AutoModelForImageTextToText.from_pretrained(work / "model")
-    count = lambda keep: sum(p.numel() for n, p in model.named_parameters() if keep(n))  # noqa: E731
-    vision = count(lambda n: "visual" in n)
-    head = model.get_output_embeddings().weight.numel()
-    body = count(lambda n: "visual" not in n and "embed_tokens" not in n and "lm_head" not in n)
+    completion's prompt with it (prompts x G). ``params``: ``parameter_counts``."""
+    vision, body, head = params
     prompt_tokens = (side // 28) ** 2 + 20
     return 10 * (prompt_runs * (vision * (side // 14) ** 2 + body * prompt_tokens) + (body + head) * completion_tokens)
 
@@ -171,9 +176,10 @@ def compare(name: str, steps: int, vocab: str, before: dict[str, str], checkpoin
             tok = statistics.median(r["completion_tokens"][1:])
             rows[side] = (step, tok / step, r["peak_mib"], tok)
         rate = matmul_flops_per_second()
-        floors = {side: step_flops(work, spec["side"], row[3], PROMPTS) / rate for side, row in rows.items()}
+        params = parameter_counts(work)
+        floors = {side: step_flops(params, spec["side"], row[3], PROMPTS) / rate for side, row in rows.items()}
         runs = {side: PROMPTS * GROUP if side == "trl" else PROMPTS for side in rows}
-        flops = {side: step_flops(work, spec["side"], row[3], runs[side]) for side, row in rows.items()}
+        flops = {side: step_flops(params, spec["side"], row[3], runs[side]) for side, row in rows.items()}
     print(f"\n### {name}: {spec['side']}x{spec['side']}, {PROMPTS} prompts x G={GROUP}, {spec['new_tokens']} new "
           f"tokens, mu=1, beta={BETA}, {vocab} vocabulary, gradient checkpointing {'on' if checkpointing else 'off'}; "
           f"median of steps 2..{steps}\n")

@@ -1,7 +1,7 @@
 """Group-shared prefix vs full sequences: generation and policy forward+backward on one GRPO step's shapes.
 
     python benchmarks/shared_prefix.py [--size small] [--side 448] [--prompts 4] [--group 8] [--new-tokens 24]
-                                       [--lengths full|uniform]
+                                       [--lengths full|uniform] [--only shared-generation]
 
 Builds a tiny Qwen2.5-VL (``mmrl make-tiny``'s factory, cached in a temporary folder), random screenshots of
 ``side`` x ``side`` pixels, ``prompts`` prompts with ``group`` completions each, and times (median of
@@ -11,7 +11,9 @@ Builds a tiny Qwen2.5-VL (``mmrl make-tiny``'s factory, cached in a temporary fo
   forward + backward of ``-sum(logp)``; also ``shared_token_stats`` with its completions in one length bucket
   (``rollout.shared.MAX_BUCKETS = 1``), which pads every completion to the longest.
 ``--lengths uniform`` gives the log-prob passes completions of lengths drawn uniformly from
-[new_tokens / 10, new_tokens] (``full``: every completion ``new_tokens`` long).
+[new_tokens / 10, new_tokens] (``full``: every completion ``new_tokens`` long). ``--only shared-generation`` times
+``shared_generate`` alone, with the same seed at every repeat (so the same tokens are drawn and two checkouts of
+mmrl, e.g. ``PYTHONPATH=<a git worktree>``, decode identical completions).
 Results and the machine go in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--lengths", default="full", choices=["full", "uniform"])
+    p.add_argument("--only", choices=["shared-generation"], help="time shared_generate alone, seeded")
     args = p.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,6 +78,16 @@ def main() -> None:
 
     model.eval()
     gen = {"max_new_tokens": args.new_tokens, "suppress_ids": suppress}
+    if args.only == "shared-generation":
+        drawn = []
+
+        def seeded():
+            torch.manual_seed(0)
+            drawn.append(int(shared_generate(model, processor, batch, G, **gen).mask.sum()))
+
+        print(f"| shared generation (s) | completion tokens |\n|---|---|\n| {timed(seeded, args.repeats):.3f} "
+              f"| {drawn[-1]} |")
+        return
     t_full_gen = timed(lambda: generate(model, processor, wide, do_sample=True, **gen), args.repeats)
     t_shared_gen = timed(lambda: shared_generate(model, processor, batch, G, **gen), args.repeats)
 

@@ -12,9 +12,10 @@ prompt's last (text) token, so its three ids are all ``last + 1 + t``, exactly w
 computes. The cache holds whatever the prefill left per layer (keys and values; Qwen3.5's linear-attention conv
 and recurrent states too); ``select_rows`` repeats all of it.
 
-Speed: decoding (``shared_generate``) writes each step's keys and values into room reserved in the cache
-(``ReservedLayer``) and lets finished rows leave the batch; the log-prob passes continue the prefill's cache in
-buckets of similar completion lengths (``length_buckets``), so short completions are not padded to the longest.
+Speed: decoding (``shared_generate``) reads each prompt's keys and values once per step for all its rows and
+writes each step's into room reserved per row (``rollout.cascade``), and lets finished rows leave the batch; the
+log-prob passes continue the prefill's cache in buckets of similar completion lengths (``length_buckets``), so
+short completions are not padded to the longest.
 
 Under gradient checkpointing the KV cache is off (a checkpointed layer is run again in the backward pass, and
 would write its keys into the cache twice), so the log-prob passes pack each group into one sequence instead:
@@ -28,10 +29,11 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers.cache_utils import DynamicLayer, LinearAttentionCacheLayerMixin
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 from mmrl.models.families import family_of, unwrap
 from mmrl.plugins import MODEL_FAMILIES
+from mmrl.rollout.cascade import prefix_shared_decoding, share_prompt_cache
 from mmrl.rollout.logprobs import TokenStats, head_stats, hidden_state_outputs
 
 
@@ -140,50 +142,6 @@ def length_buckets(lengths: list[int], max_buckets: int | None = None) -> list[l
         runs.append(order[cut[k][j]:j])
         j, k = cut[k][j], k - 1
     return runs[::-1]
-
-
-class ReservedLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose keys and values sit at the front of buffers with room for ``reserve`` more
-    positions, for decoding. ``DynamicLayer`` appends a step's key with ``torch.cat``, copying the whole cache every
-    step, and a one-token decoding step is bound by memory traffic; here the step writes its position in place and
-    attention reads a view of the filled part (transformers' ``StaticLayer`` also writes in place but attends over
-    its whole capacity every step). In-place writes are not differentiable: generation only."""
-
-    def __init__(self, layer: DynamicLayer, reserve: int):
-        super().__init__()
-        self.device, self.is_initialized = layer.device, True
-        self.buffers = [self._with_room(t, reserve) for t in (layer.keys, layer.values)]
-        self.length = layer.keys.shape[-2]
-        self._expose()
-
-    @staticmethod
-    def _with_room(t: torch.Tensor, reserve: int) -> torch.Tensor:
-        buffer = t.new_empty(*t.shape[:-2], t.shape[-2] + reserve, t.shape[-1])
-        buffer[..., : t.shape[-2], :] = t
-        return buffer
-
-    def _expose(self) -> None:
-        self.keys, self.values = (b[..., : self.length, :] for b in self.buffers)
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        if end > self.buffers[0].shape[-2]:
-            raise RuntimeError(f"ReservedLayer holds {self.buffers[0].shape[-2]} positions; {end} were written")
-        for buffer, new in zip(self.buffers, (key_states, value_states)):
-            buffer[..., self.length : end, :] = new
-        self.length = end
-        self._expose()
-        return self.keys, self.values
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.buffers = [b.index_select(0, beam_idx.to(b.device)) for b in self.buffers]
-        self._expose()
-
-
-def reserve_cache(cache, reserve: int) -> None:
-    """Give every plain attention layer of ``cache`` room for ``reserve`` more positions (``ReservedLayer``)."""
-    cache.layers = [ReservedLayer(layer, reserve) if type(layer) is DynamicLayer and layer.is_initialized else layer
-                    for layer in cache.layers]
 
 
 def prompt_positions(model, batch) -> torch.Tensor:
@@ -324,10 +282,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, suppress
 def shared_generate(model, processor, batch, group_size: int, *, max_new_tokens: int, do_sample: bool = True,
                     temperature: float = 1.0, top_p: float = 1.0, suppress_ids: list[int] | None = None):
     """``group_size`` completions of each of the ``P`` prompts in ``batch`` (rows ``p*G .. p*G+G-1``), with one
-    prefill per prompt: its KV cache is repeated G times and the G continuations are decoded together, each step
-    writing into a cache with room reserved (``ReservedLayer``). Finished rows leave the batch once a quarter of
-    it has finished (``cache.reorder_cache`` keeps the others), so the decoding cost follows the completions'
-    lengths rather than the longest one's.
+    prefill per prompt, whose keys and values the G continuations, decoded together, all read from one copy
+    (``rollout.cascade``: each step writes its keys and values into room reserved per row, and attention reads a
+    prompt's keys once for all its rows). Finished rows leave the batch once a quarter of it has finished
+    (``cache.reorder_cache`` keeps the others), so the decoding cost follows the completions' lengths rather than
+    the longest one's.
 
     Returns ``Completions`` like ``rollout.hf.generate`` on the prompts repeated G times; greedy decoding gives
     the same tokens (tested), sampling draws from the same distributions (``sample_next``)."""
@@ -337,31 +296,32 @@ def shared_generate(model, processor, batch, group_size: int, *, max_new_tokens:
     positions = prompt_positions(model, batch)
     out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.cache
+    share_prompt_cache(cache, batch["attention_mask"], max_new_tokens)
     repeat_cache(cache, positions.shape[1], group_size)
-    reserve_cache(cache, max_new_tokens)
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)
     attention = batch["attention_mask"].repeat_interleave(group_size, dim=0)
     last = positions[:, :, -1:].repeat_interleave(group_size, dim=1)
     tokens = torch.full((len(logits), max_new_tokens), tok.pad_token_id, dtype=torch.long, device=logits.device)
     rows = torch.arange(len(logits), device=logits.device)  # the output row of each row still decoding
     done = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
-    for t in range(max_new_tokens):
-        if do_sample:
-            nxt = sample_next(logits, temperature, top_p, suppress_ids)
-        else:
-            if suppress_ids:
-                logits[:, suppress_ids] = float("-inf")
-            nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
-        tokens[rows, t] = nxt
-        done |= nxt == tok.eos_token_id
-        if done.all() or t == max_new_tokens - 1:
-            break
-        if 4 * int(done.sum()) >= len(done):
-            keep = (~done).nonzero().flatten()
-            cache.reorder_cache(keep)
-            rows, nxt, attention, last, done = rows[keep], nxt[keep], attention[keep], last[:, keep], done[keep]
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last + t + 1,
-                       cache=cache, use_cache=True).logits[:, -1]
+    with prefix_shared_decoding(model):
+        for t in range(max_new_tokens):
+            if do_sample:
+                nxt = sample_next(logits, temperature, top_p, suppress_ids)
+            else:
+                if suppress_ids:
+                    logits[:, suppress_ids] = float("-inf")
+                nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
+            tokens[rows, t] = nxt
+            done |= nxt == tok.eos_token_id
+            if done.all() or t == max_new_tokens - 1:
+                break
+            if 4 * int(done.sum()) >= len(done):
+                keep = (~done).nonzero().flatten()
+                cache.reorder_cache(keep)
+                rows, nxt, attention, last, done = rows[keep], nxt[keep], attention[keep], last[:, keep], done[keep]
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last + t + 1,
+                           cache=cache, use_cache=True, prefix_cache=cache).logits[:, -1]
     return finish_completions(tok, tokens[:, : t + 1].cpu())

@@ -143,12 +143,15 @@ def test_expand_batch_repeats_each_prompt_with_its_image(processor):
 # ---------------------------------------------------------------- shared-prefix generation
 
 
-def test_shared_greedy_generation_equals_hf_generate(tiny_dir, processor):
+@pytest.mark.parametrize("lora", [False, True], ids=["full-ft", "lora"])
+def test_shared_greedy_generation_equals_hf_generate(tiny_dir, processor, lora):
+    """Greedy tokens equal HF ``generate``'s on the prompts repeated G times, also through peft's wrapper (the
+    prefix-shared attention is switched on in the wrapped model's config)."""
     from mmrl.models.load import placeholder_ids
     from mmrl.rollout.hf import generate
     from mmrl.rollout.shared import shared_generate
 
-    model = model_for(tiny_dir, lora=False)
+    model = model_for(tiny_dir, lora=lora)
     batch = image_batch(processor)
     suppress = placeholder_ids(processor.tokenizer)
     hf = generate(model, processor, expand_batch(batch, G), max_new_tokens=8, do_sample=False, suppress_ids=suppress)

@@ -118,8 +118,9 @@ def prefix_shared_attention(module, query: torch.Tensor, key: torch.Tensor, valu
     rep, prompts = heads // key.shape[1], len(layer.prompt_keys)
     slots, width = layer.slots
     q = query.reshape(rows, key.shape[1], rep, dim) * scaling
-    prompt_scores = _from_grid(_to_grid(q, slots, prompts, width) @ layer.prompt_keys.transpose(-1, -2), slots, rep)
-    scores = torch.cat([prompt_scores + layer.prompt_bias[layer.owner], q @ key.transpose(-1, -2)], dim=-1)
+    grid_scores = _to_grid(q, slots, prompts, width) @ layer.prompt_keys.transpose(-1, -2) + layer.prompt_bias
+    prompt_scores = _from_grid(grid_scores, slots, rep)
+    scores = torch.cat([prompt_scores, q @ key.transpose(-1, -2)], dim=-1)
     probs = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
     prompt_probs, own_probs = probs.split([prompt_scores.shape[-1], key.shape[-2]], dim=-1)
     prompt_out = _to_grid(prompt_probs, slots, prompts, width) @ layer.prompt_values

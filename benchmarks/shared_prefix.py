@@ -1,7 +1,8 @@
 """Group-shared prefix vs full sequences: generation and policy forward+backward on one GRPO step's shapes.
 
     python benchmarks/shared_prefix.py [--size small] [--side 448] [--prompts 4] [--group 8] [--new-tokens 24]
-                                       [--lengths full|uniform] [--only shared-generation]
+                                       [--lengths full|uniform] [--only shared-generation|decoding-attention]
+                                       [--before CHECKOUT]
 
 Builds a tiny Qwen2.5-VL (``mmrl make-tiny``'s factory, cached in a temporary folder), random screenshots of
 ``side`` x ``side`` pixels, ``prompts`` prompts with ``group`` completions each, and times (median of
@@ -13,12 +14,17 @@ Builds a tiny Qwen2.5-VL (``mmrl make-tiny``'s factory, cached in a temporary fo
 ``--lengths uniform`` gives the log-prob passes completions of lengths drawn uniformly from
 [new_tokens / 10, new_tokens] (``full``: every completion ``new_tokens`` long). ``--only shared-generation`` times
 ``shared_generate`` alone, with the same seed at every repeat (so the same tokens are drawn and two checkouts of
-mmrl, e.g. ``PYTHONPATH=<a git worktree>``, decode identical completions).
+mmrl, e.g. ``PYTHONPATH=<a git worktree>``, decode identical completions). ``--only decoding-attention`` times one
+call of the decoding attention (``rollout.cascade.prefix_shared_attention``, layer 0 of a real prefill's cache,
+each row holding ``new_tokens / 2`` keys of its own; best of ``--repeats`` rounds of 200 calls), with every group
+full and with a quarter of the rows gone; ``--before CHECKOUT`` adds that checkout's attention (e.g. a ``git
+worktree`` of an older commit), loaded from its file, its rounds interleaved with this one's.
 Results and the machine go in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -46,6 +52,40 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+@torch.no_grad()
+def decoding_attention_call(cascade, model, batch, group: int, own: int, rows: int | None):
+    """One call of ``cascade``'s decoding attention at layer 0 of ``batch``'s prefill cache, ``group`` rows per
+    prompt (the last ``rows`` of them kept when given), each with ``own`` keys of its own."""
+    from types import SimpleNamespace
+
+    from mmrl.rollout.shared import prompt_positions, repeat_cache
+
+    cache = model(**batch, position_ids=prompt_positions(model, batch), use_cache=True, logits_to_keep=1).cache
+    cascade.share_prompt_cache(cache, batch["attention_mask"], own)
+    repeat_cache(cache, len(batch["input_ids"]), group)
+    layer = cache.layers[0]
+    if rows is not None:
+        layer.reorder_cache(torch.arange(len(layer.owner) - rows, len(layer.owner)))
+    kv, dim = layer.prompt_keys.shape[1], layer.prompt_keys.shape[-1]
+    layer.update(torch.randn(len(layer.owner), kv, own, dim), torch.randn(len(layer.owner), kv, own, dim))
+    query = torch.randn(len(layer.owner), model.config.get_text_config().num_attention_heads, 1, dim)
+    return lambda: cascade.prefix_shared_attention(SimpleNamespace(layer_idx=0), query, layer.keys, layer.values,
+                                                   None, scaling=dim**-0.5, prefix_cache=cache)
+
+
+def best_of_rounds(calls: dict, repeats: int, n: int = 200) -> dict:
+    """Milliseconds per call of each of ``calls``: the best of ``repeats`` rounds of ``n`` calls, the calls'
+    rounds interleaved (so a slow spell of the machine hits all of them), after one round to warm up."""
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats + 1):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(n):
+                call()
+            best[name] = min(best[name], (time.perf_counter() - start) / n * 1e3)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="small", choices=["tiny", "small"])
@@ -55,7 +95,9 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--lengths", default="full", choices=["full", "uniform"])
-    p.add_argument("--only", choices=["shared-generation"], help="time shared_generate alone, seeded")
+    p.add_argument("--only", choices=["shared-generation", "decoding-attention"],
+                   help="time shared_generate alone, seeded; or one call of the decoding attention")
+    p.add_argument("--before", help="with --only decoding-attention: also time CHECKOUT's attention, interleaved")
     args = p.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +129,20 @@ def main() -> None:
 
         print(f"| shared generation (s) | completion tokens |\n|---|---|\n| {timed(seeded, args.repeats):.3f} "
               f"| {drawn[-1]} |")
+        return
+    if args.only == "decoding-attention":
+        from mmrl.rollout import cascade
+
+        sides = {"mmrl": cascade}
+        if args.before:
+            spec = importlib.util.spec_from_file_location("before_cascade", f"{args.before}/mmrl/rollout/cascade.py")
+            sides["before"] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(sides["before"])
+        print(f"| groups | {' | '.join(f'{name} attention call (ms)' for name in sides)} |\n|---|{'---|' * len(sides)}")
+        for label, rows in [("full", None), ("a quarter of the rows gone", 3 * len(wide["input_ids"]) // 4)]:
+            calls = {name: decoding_attention_call(side, model, batch, G, args.new_tokens // 2, rows)
+                     for name, side in sides.items()}
+            print(f"| {label} | {' | '.join(f'{t:.3f}' for t in best_of_rounds(calls, args.repeats).values())} |")
         return
     t_full_gen = timed(lambda: generate(model, processor, wide, do_sample=True, **gen), args.repeats)
     t_shared_gen = timed(lambda: shared_generate(model, processor, batch, G, **gen), args.repeats)

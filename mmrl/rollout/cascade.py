@@ -35,19 +35,20 @@ builds no attention mask for it (the prompt padding is ``PrefixSharedLayer.promp
 
 
 class PrefixSharedLayer(DynamicLayer):
-    """A decoding cache layer: the prompt's keys and values ``[P, KV, L_p, D]`` once per prompt, each row's own
-    keys and values at the front of buffers with room for ``reserve`` positions, and ``owner[b]``, the prompt of
-    row ``b``. A step writes its position in place (no ``torch.cat`` copy of the cache); ``keys`` / ``values`` are
+    """A decoding cache layer: the prompt's keys and values ``[P, KV, L_p, D]`` once per prompt (and their padding
+    bias ``[P*KV, 1, L_p]``), each row's own keys and values at the front of buffers with room for ``reserve``
+    positions, ``owner[b]``, the prompt of row ``b``, and ``slots`` (``prompt_slots``). A step writes its position in place (no ``torch.cat`` copy of the cache); ``keys`` / ``values`` are
     the rows' own filled part. Built with one row per prompt; ``reorder_cache`` then repeats rows (G per prompt)
     and drops finished ones. In-place writes are not differentiable: generation only."""
 
     def __init__(self, layer: DynamicLayer, prompt_mask: torch.Tensor, reserve: int):
         super().__init__()
         self.device, self.is_initialized = layer.device, True
-        self.prompt_keys, self.prompt_values = layer.keys, layer.values
-        self.prompt_bias = torch.zeros(prompt_mask.shape, dtype=layer.keys.dtype, device=layer.keys.device)
-        self.prompt_bias = self.prompt_bias.masked_fill(~prompt_mask.bool(), float("-inf"))[:, None, None]
+        self.prompt_keys, self.prompt_values = layer.keys.contiguous(), layer.values.contiguous()
         rows, heads, _, dim = layer.keys.shape
+        bias = torch.zeros(prompt_mask.shape, dtype=layer.keys.dtype, device=layer.keys.device)
+        bias = bias.masked_fill(~prompt_mask.bool(), float("-inf"))
+        self.prompt_bias = bias[:, None, None].expand(-1, heads, 1, -1).reshape(rows * heads, 1, -1)
         self.buffers = [layer.keys.new_empty(rows, heads, reserve, dim) for _ in range(2)]
         self.owner = torch.arange(rows, device=layer.keys.device)
         self.slots = prompt_slots(self.owner, rows)
@@ -78,30 +79,37 @@ class PrefixSharedLayer(DynamicLayer):
         return self.prompt_keys.shape[-2] + self.length
 
 
-def prompt_slots(owner: torch.Tensor, prompts: int) -> tuple[torch.Tensor, int]:
+def prompt_slots(owner: torch.Tensor, prompts: int) -> tuple[torch.Tensor | None, int]:
     """Each row's place in a ``[prompts, width]`` grid holding the rows of each prompt side by side (``width``:
-    the most rows any prompt has), as a flat index ``owner * width + rank``, and ``width``."""
+    the most rows any prompt has), as a flat index ``owner * width + rank``, and ``width``. The index is ``None``
+    when it is ``0, 1, ..., B-1`` (every prompt has ``width`` rows, in prompt order, as before any row has
+    left): the grid is then the rows themselves."""
     counts = torch.bincount(owner, minlength=prompts)
     width = max(int(counts.max()), 1) if len(owner) else 1
     order = torch.argsort(owner, stable=True)
     starts = counts.cumsum(0) - counts
     rank = torch.empty_like(owner)
     rank[order] = torch.arange(len(owner), device=owner.device) - starts[owner[order]]
-    return owner * width + rank, width
+    slots = owner * width + rank
+    if len(owner) == prompts * width and bool((owner[1:] >= owner[:-1]).all()):
+        return None, width
+    return slots, width
 
 
-def _to_grid(x: torch.Tensor, slots: torch.Tensor, prompts: int, width: int) -> torch.Tensor:
-    """Rows ``[B, KV, r, n]`` -> per prompt ``[P, KV, width * r, n]`` (empty places zero)."""
+def _to_grid(x: torch.Tensor, slots: torch.Tensor | None, prompts: int, width: int) -> torch.Tensor:
+    """Rows ``[B, KV, r, n]`` -> per prompt and key/value head ``[P*KV, width * r, n]`` (empty places zero)."""
     _, kv, rep, n = x.shape
-    grid = x.new_zeros(prompts * width, kv, rep, n).index_copy_(0, slots, x)
-    return grid.view(prompts, width, kv, rep, n).transpose(1, 2).reshape(prompts, kv, width * rep, n)
+    if slots is not None:
+        x = x.new_zeros(prompts * width, kv, rep, n).index_copy_(0, slots, x)
+    return x.view(prompts, width, kv, rep, n).transpose(1, 2).reshape(prompts * kv, width * rep, n)
 
 
-def _from_grid(x: torch.Tensor, slots: torch.Tensor, rep: int) -> torch.Tensor:
-    """Per prompt ``[P, KV, width * r, n]`` -> rows ``[B, KV, r, n]``."""
-    prompts, kv, places, n = x.shape
-    width = places // rep
-    return x.view(prompts, kv, width, rep, n).transpose(1, 2).reshape(prompts * width, kv, rep, n)[slots]
+def _from_grid(x: torch.Tensor, slots: torch.Tensor | None, prompts: int, rep: int) -> torch.Tensor:
+    """Per prompt and key/value head ``[P*KV, width * r, n]`` -> rows ``[B, KV, r, n]``."""
+    heads, places, n = x.shape
+    kv, width = heads // prompts, places // rep
+    rows = x.view(prompts, kv, width, rep, n).transpose(1, 2).reshape(prompts * width, kv, rep, n)
+    return rows if slots is None else rows[slots]
 
 
 def prefix_shared_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
@@ -115,16 +123,17 @@ def prefix_shared_attention(module, query: torch.Tensor, key: torch.Tensor, valu
     if length != 1 or dropout:
         raise ValueError(f"{ATTENTION} attention decodes one token per row without dropout "
                          f"(got {length} query positions, dropout {dropout})")
-    rep, prompts = heads // key.shape[1], len(layer.prompt_keys)
-    slots, width = layer.slots
-    q = query.reshape(rows, key.shape[1], rep, dim) * scaling
-    grid_scores = _to_grid(q, slots, prompts, width) @ layer.prompt_keys.transpose(-1, -2) + layer.prompt_bias
-    prompt_scores = _from_grid(grid_scores, slots, rep)
+    kv, prompts = key.shape[1], len(layer.prompt_keys)
+    rep, (slots, width) = heads // kv, layer.slots
+    q = query.reshape(rows, kv, rep, dim) * scaling
+    prompt_keys, prompt_values = layer.prompt_keys.flatten(0, 1), layer.prompt_values.flatten(0, 1)
+    grid_scores = torch.baddbmm(layer.prompt_bias, _to_grid(q, slots, prompts, width), prompt_keys.transpose(1, 2))
+    prompt_scores = _from_grid(grid_scores, slots, prompts, rep)
     scores = torch.cat([prompt_scores, q @ key.transpose(-1, -2)], dim=-1)
     probs = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
     prompt_probs, own_probs = probs.split([prompt_scores.shape[-1], key.shape[-2]], dim=-1)
-    prompt_out = _to_grid(prompt_probs, slots, prompts, width) @ layer.prompt_values
-    out = _from_grid(prompt_out, slots, rep) + own_probs @ value
+    prompt_out = _from_grid(torch.bmm(_to_grid(prompt_probs, slots, prompts, width), prompt_values), slots, prompts, rep)
+    out = prompt_out + own_probs @ value
     return out.reshape(rows, 1, heads, dim), None
 
 

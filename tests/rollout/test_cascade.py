@@ -27,6 +27,9 @@ def test_prompt_slots_place_each_prompts_rows_side_by_side():
     # prompt 2's places 4, 5, each in row order.
     slots, width = prompt_slots(torch.tensor([2, 0, 2, 0]), 3)
     assert width == 2 and slots.tolist() == [4, 0, 5, 1]
+    # Every prompt with `width` rows, in prompt order (before any row leaves): the grid is the rows, no index.
+    assert prompt_slots(torch.tensor([0, 0, 1, 1, 2, 2]), 3) == (None, 2)
+    assert prompt_slots(torch.tensor([0, 1, 0, 1, 2, 2]), 3)[0].tolist() == [0, 2, 1, 3, 4, 5]
 
 
 def cache_of(prompt_keys, prompt_values, prompt_mask, owner, own_keys, own_values):
@@ -41,10 +44,12 @@ def cache_of(prompt_keys, prompt_values, prompt_mask, owner, own_keys, own_value
     return SimpleNamespace(layers=[layer])
 
 
-def test_prefix_shared_attention_equals_attention_over_each_rows_whole_sequence():
+@pytest.mark.parametrize("owner", [[0, 0, 0, 1, 2, 2],  # unequal groups, as once rows have left
+                                   [0, 0, 1, 1, 2, 2]])  # full groups in order: no slot index
+def test_prefix_shared_attention_equals_attention_over_each_rows_whole_sequence(owner):
     torch.manual_seed(0)
     prompts, kv_heads, rep, dim, prompt_len, own_len = 3, 2, 3, 8, 5, 4
-    owner = torch.tensor([0, 0, 0, 1, 2, 2])  # unequal groups, as once rows have left
+    owner = torch.tensor(owner)
     rows = len(owner)
     pk, pv = torch.randn(prompts, kv_heads, prompt_len, dim), torch.randn(prompts, kv_heads, prompt_len, dim)
     prompt_mask = torch.ones(prompts, prompt_len, dtype=torch.long)

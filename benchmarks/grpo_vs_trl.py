@@ -2,15 +2,17 @@
 
     pip install -e ".[bench]"
     python benchmarks/grpo_vs_trl.py [--workload grounding|reasoning|both] [--steps 4] [--vocab tiny|qwen]
-                                     [--before [LABEL=]CHECKOUT ...] [--checkpointing]
+                                     [--before [LABEL=]CHECKOUT ...] [--checkpointing] [--rounds 1]
 
 Both runs use the same tiny ``small`` Qwen2.5-VL checkpoint (``make-tiny``), the same synthetic ScreenSpot-format
 screenshots and instructions, the same rewards (GUI-G² Gaussian point + format, mmrl's reward functions),
 G completions of each of P prompts per step, the same max new tokens, mu = 1, beta = 0.04 with the k3 KL in the
 loss, PPO clip 0.2, token-mean loss aggregation (TRL ``loss_type="dapo"``, mmrl ``loss_agg: token_mean``),
 group-normalised advantages, fp32 on CPU, gradient checkpointing off (``--checkpointing``: on, both sides). Each side runs in its own subprocess;
-the table gives the median step time over steps 2..N, completion tokens per second, the peak resident
-memory of that process, and the mmrl/TRL ratios, plus a FLOP floor: the model FLOPs of the tokens a step must
+the table gives the median step time over steps 2..N (with ``--rounds R``: every side runs R times, in turn, and
+the median of its R runs' medians is given, with each round's ratio, since this machine's speed drifts by tens of
+percent between runs), completion tokens per second, the peak resident memory of that process, and the mmrl/TRL
+ratios, plus a FLOP floor: the model FLOPs of the tokens a step must
 process (each prompt once, each completion once; 2 FLOPs per parameter per token forward, 4 backward),
 over a measured fp32 matmul rate; and the FLOPs each side's method runs (TRL: each completion with its own copy
 of the prompt), whose ratio is the speed-up that equal efficiency per FLOP would give.
@@ -153,28 +155,31 @@ def step_flops(params: tuple[int, int, int], side: int, completion_tokens: float
     return 10 * (prompt_runs * (vision * (side // 14) ** 2 + body * prompt_tokens) + (body + head) * completion_tokens)
 
 
-def compare(name: str, steps: int, vocab: str, before: dict[str, str], checkpointing: bool) -> None:
+def compare(name: str, steps: int, vocab: str, before: dict[str, str], checkpointing: bool,
+            rounds: int) -> None:
     spec = WORKLOADS[name]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         from mmrl.models.tiny import make_tiny
 
         make_tiny(work / "model", family="qwen2_5_vl", size="small", tokenizer="qwen" if vocab == "qwen" else None)
-        results = {}
         sides = {"mmrl": None, "trl": None, **{f"mmrl {label}": checkout for label, checkout in before.items()}}
-        for side, checkout in sides.items():
-            cmd = [sys.executable, __file__, "--run", "trl" if side == "trl" else "mmrl", "--work", str(work),
-                   "--workload", name, "--steps", str(steps), *(["--checkpointing"] if checkpointing else [])]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([checkout, str(ROOT)])} if checkout else None
-            out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
-            if out.returncode:
-                sys.exit(f"{side} run failed:\n{out.stderr[-3000:]}")
-            results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        results = {side: [] for side in sides}
+        for _ in range(rounds):
+            for side, checkout in sides.items():
+                cmd = [sys.executable, __file__, "--run", "trl" if side == "trl" else "mmrl", "--work", str(work),
+                       "--workload", name, "--steps", str(steps), *(["--checkpointing"] if checkpointing else [])]
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join([checkout, str(ROOT)])} if checkout else None
+                out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+                if out.returncode:
+                    sys.exit(f"{side} run failed:\n{out.stderr[-3000:]}")
+                results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        round_steps = {side: [statistics.median(r["step_seconds"][1:]) for r in runs] for side, runs in results.items()}
         rows = {}
-        for side, r in results.items():
-            step = statistics.median(r["step_seconds"][1:])
-            tok = statistics.median(r["completion_tokens"][1:])
-            rows[side] = (step, tok / step, r["peak_mib"], tok)
+        for side, runs in results.items():
+            step = statistics.median(round_steps[side])
+            tok = statistics.median(t for r in runs for t in r["completion_tokens"][1:])
+            rows[side] = (step, tok / step, max(r["peak_mib"] for r in runs), tok)
         rate = matmul_flops_per_second()
         params = parameter_counts(work)
         floors = {side: step_flops(params, spec["side"], row[3], PROMPTS) / rate for side, row in rows.items()}
@@ -182,7 +187,7 @@ def compare(name: str, steps: int, vocab: str, before: dict[str, str], checkpoin
         flops = {side: step_flops(params, spec["side"], row[3], runs[side]) for side, row in rows.items()}
     print(f"\n### {name}: {spec['side']}x{spec['side']}, {PROMPTS} prompts x G={GROUP}, {spec['new_tokens']} new "
           f"tokens, mu=1, beta={BETA}, {vocab} vocabulary, gradient checkpointing {'on' if checkpointing else 'off'}; "
-          f"median of steps 2..{steps}\n")
+          f"median of steps 2..{steps}" + (f", median of {rounds} rounds" if rounds > 1 else "") + "\n")
     print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s\n")
     print("| run | step (s) | completion tokens/step | completion tokens/s | peak RSS (MiB) | FLOP floor (s) "
           "| floor / step | step GFLOP (as run) |")
@@ -193,6 +198,9 @@ def compare(name: str, steps: int, vocab: str, before: dict[str, str], checkpoin
     m, t = rows["mmrl"], rows["trl"]
     print(f"| mmrl/TRL | {m[0] / t[0]:.3f} (throughput {t[0] / m[0]:.1f}x) | | {m[1] / t[1]:.1f}x | {m[2] / t[2]:.2f} "
           f"| | | TRL runs {flops['trl'] / flops['mmrl']:.2f}x the FLOPs |")
+    if rounds > 1:
+        each = ", ".join(f"{t / m:.1f}x" for m, t in zip(round_steps["mmrl"], round_steps["trl"]))
+        print(f"| each round's TRL/mmrl step time | {each} | | | | | | |")
     for label in before:
         b = rows[f"mmrl {label}"]
         print(f"| mmrl/mmrl {label} | {m[0] / b[0]:.3f} (throughput {b[0] / m[0]:.1f}x) | | {m[1] / b[1]:.1f}x "
@@ -208,6 +216,8 @@ def main() -> None:
     p.add_argument("--before", metavar="[LABEL=]CHECKOUT", action="append", default=[],
                    help="also run mmrl as imported from this other checkout (repeatable)")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on, both sides")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every side this many times, in turn (the machine's speed drifts between runs)")
     p.add_argument("--run", choices=["mmrl", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -218,7 +228,7 @@ def main() -> None:
         return
     for name in WORKLOADS if args.workload == "both" else [args.workload]:
         before = dict(b.split("=", 1) if "=" in b else ("before", b) for b in args.before)
-        compare(name, args.steps, args.vocab, before, args.checkpointing)
+        compare(name, args.steps, args.vocab, before, args.checkpointing, args.rounds)
 
 
 if __name__ == "__main__":

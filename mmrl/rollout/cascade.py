@@ -37,8 +37,8 @@ builds no attention mask for it (the prompt padding is ``PrefixSharedLayer.promp
 class PrefixSharedLayer(DynamicLayer):
     """A decoding cache layer: the prompt's keys and values ``[P, KV, L_p, D]`` once per prompt (and their padding
     bias ``[P*KV, 1, L_p]``), each row's own keys and values at the front of buffers with room for ``reserve``
-    positions, ``owner[b]``, the prompt of row ``b``, and ``slots`` (``prompt_slots``). A step writes its position in place (no ``torch.cat`` copy of the cache); ``keys`` / ``values`` are
-    the rows' own filled part. Built with one row per prompt; ``reorder_cache`` then repeats rows (G per prompt)
+    positions, ``owner[b]``, the prompt of row ``b``, and ``slots`` (``prompt_slots``). A step writes its
+    position in place (no ``torch.cat`` copy of the cache); ``keys`` / ``values`` are the rows' own filled part. Built with one row per prompt; ``reorder_cache`` then repeats rows (G per prompt)
     and drops finished ones. In-place writes are not differentiable: generation only."""
 
     def __init__(self, layer: DynamicLayer, prompt_mask: torch.Tensor, reserve: int):
@@ -132,8 +132,8 @@ def prefix_shared_attention(module, query: torch.Tensor, key: torch.Tensor, valu
     scores = torch.cat([prompt_scores, q @ key.transpose(-1, -2)], dim=-1)
     probs = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
     prompt_probs, own_probs = probs.split([prompt_scores.shape[-1], key.shape[-2]], dim=-1)
-    prompt_out = _from_grid(torch.bmm(_to_grid(prompt_probs, slots, prompts, width), prompt_values), slots, prompts, rep)
-    out = prompt_out + own_probs @ value
+    prompt_out = torch.bmm(_to_grid(prompt_probs, slots, prompts, width), prompt_values)
+    out = _from_grid(prompt_out, slots, prompts, rep) + own_probs @ value
     return out.reshape(rows, 1, heads, dim), None
 
 

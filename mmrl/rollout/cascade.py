@@ -38,8 +38,9 @@ class PrefixSharedLayer(DynamicLayer):
     """A decoding cache layer: the prompt's keys and values ``[P, KV, L_p, D]`` once per prompt (and their padding
     bias ``[P*KV, 1, L_p]``), each row's own keys and values at the front of buffers with room for ``reserve``
     positions, ``owner[b]``, the prompt of row ``b``, and ``slots`` (``prompt_slots``). A step writes its
-    position in place (no ``torch.cat`` copy of the cache); ``keys`` / ``values`` are the rows' own filled part. Built with one row per prompt; ``reorder_cache`` then repeats rows (G per prompt)
-    and drops finished ones. In-place writes are not differentiable: generation only."""
+    position in place (no ``torch.cat`` copy of the cache); ``keys`` / ``values`` are the rows' own filled part.
+    Built with one row per prompt; ``reorder_cache`` then repeats rows (G per prompt) and drops finished ones.
+    In-place writes are not differentiable: generation only."""
 
     def __init__(self, layer: DynamicLayer, prompt_mask: torch.Tensor, reserve: int):
         super().__init__()
@@ -86,14 +87,13 @@ def prompt_slots(owner: torch.Tensor, prompts: int) -> tuple[torch.Tensor | None
     left): the grid is then the rows themselves."""
     counts = torch.bincount(owner, minlength=prompts)
     width = max(int(counts.max()), 1) if len(owner) else 1
+    if len(owner) == prompts * width and bool((owner[1:] >= owner[:-1]).all()):
+        return None, width
     order = torch.argsort(owner, stable=True)
     starts = counts.cumsum(0) - counts
     rank = torch.empty_like(owner)
     rank[order] = torch.arange(len(owner), device=owner.device) - starts[owner[order]]
-    slots = owner * width + rank
-    if len(owner) == prompts * width and bool((owner[1:] >= owner[:-1]).all()):
-        return None, width
-    return slots, width
+    return owner * width + rank, width
 
 
 def _to_grid(x: torch.Tensor, slots: torch.Tensor | None, prompts: int, width: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from accelerate.utils import LoggerType, ProjectConfiguration
 
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError
+from mmrl.host_memory import keep_freed_host_memory
 
 TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
 """accelerate's tracker names -> the pip package each needs, where the two differ (pyproject.toml has an extra named
@@ -35,12 +36,14 @@ def check_trackers(log_with: Sequence[str]) -> None:
 
 
 def make_accelerator(cfg, trackers: Sequence[GeneralTracker] = ()) -> Accelerator:
-    """The run's ``Accelerator`` (on the CPU without CUDA) logging to the trackers named by ``cfg.log_with`` and to
-    ``trackers`` (tracker objects passed from Python); trackers that write files (TensorBoard) write them under
-    ``<output_dir>/tb``."""
+    """The run's ``Accelerator`` (on the CPU without CUDA, where freed host memory is then kept for reuse:
+    ``host_memory``) logging to the trackers named by ``cfg.log_with`` and to ``trackers`` (tracker objects passed
+    from Python); trackers that write files (TensorBoard) write them under ``<output_dir>/tb``."""
     project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "tb"))
-    return Accelerator(cpu=not torch.cuda.is_available(), log_with=[*cfg.log_with, *trackers] or None,
-                       project_config=project)
+    cpu = not torch.cuda.is_available()
+    if cpu:
+        keep_freed_host_memory()
+    return Accelerator(cpu=cpu, log_with=[*cfg.log_with, *trackers] or None, project_config=project)
 
 
 def start_trackers(accelerator: Accelerator, cfg) -> None:

@@ -9,8 +9,8 @@ the kernel's page clearing was 22% of all CPU time of a 2-step run of the reason
 (``perf record``), with 15,000-65,000 page faults and up to 2 s of system time per step. On a GPU, torch's CUDA
 caching allocator keeps freed blocks for reuse; ``keep_freed_host_memory`` does the same for host memory with
 glibc's own settings (``mallopt``): blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and up
-to 2 GiB of free heap top stays mapped. Blocks above 32 MiB (a real vocabulary's logit chunks) are still mapped and unmapped each time, so the
-peak resident memory stays that of the live tensors.
+to 2 GiB of free heap top stays mapped. Blocks above 32 MiB (a real vocabulary's logit chunks) are still mapped
+and unmapped each time, so the peak resident memory stays that of the live tensors.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ of the prompt), whose ratio is the speed-up that equal efficiency per FLOP would
 Workloads: grounding-shaped = 448x448 screenshots, G = 8, 4 prompts, 24 new tokens; reasoning-shaped = 224x224,
 256 new tokens. ``--vocab qwen`` builds the checkpoint around Qwen's real 151,669-token tokenizer (``make-tiny
 --tokenizer qwen``), so the embedding, the output head and the log-softmax have their real size (the tiny
-vocabulary is 1,024). ``--before [LABEL=]CHECKOUT`` (repeatable) adds a side: mmrl as that other checkout has it (e.g. a
+tokenizer has 567 tokens). ``--before [LABEL=]CHECKOUT`` (repeatable) adds a side: mmrl as that other checkout has it (e.g. a
 ``git worktree`` of an older commit), imported from there, in the table as "mmrl LABEL" (default "before"). Results go in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -212,7 +212,7 @@ def main() -> None:
     p.add_argument("--workload", default="both", choices=[*WORKLOADS, "both"])
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--vocab", default="tiny", choices=["tiny", "qwen"],
-                   help="the checkpoint's vocabulary: the tiny trained one (1,024) or Qwen's real one (151,669)")
+                   help="the checkpoint's vocabulary: the tiny trained one (567) or Qwen's real one (151,669)")
     p.add_argument("--before", metavar="[LABEL=]CHECKOUT", action="append", default=[],
                    help="also run mmrl as imported from this other checkout (repeatable)")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on, both sides")
